@@ -1,0 +1,219 @@
+"""``WinRateEvaluation``: held-out win rates, reward and KL under a judge, plus a table of samples."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor
+
+from rlhf_lightning.rewards import RewardSource
+from rlhf_lightning.errors import RecipeError
+
+
+def win_rate(scores: Tensor, other_scores: Tensor) -> float:
+    """Share of pairs where ``scores`` beats ``other_scores``; ties count ½."""
+    wins = (scores > other_scores).float() + 0.5 * (scores == other_scores).float()
+    return wins.mean().item()
+
+
+class WinRateEvaluation(Callback):
+    """Evaluate the policy on held-out prompts every ``every_n_rollouts`` batches and at the end.
+
+    For each prompt it decodes the policy's response, the reference policy's (the SFT model's)
+    response and takes the data set's reference response; the judge scores all three. Reported
+    (logged as ``eval/*`` and, at the end, written to ``summary.json``):
+
+    - ``win_rate_vs_sft``: share of prompts where the judge prefers the policy to the SFT model (ties ½);
+    - ``win_rate_vs_reference``: the same against the data set's reference responses;
+    - ``reward``: mean judge score of the policy's responses;
+    - ``kl``: mean ``ln π_θ(y|x) − ln π_ref(y|x)`` over responses sampled from ``π_θ`` at temperature 1,
+      an unbiased estimate of KL(π_θ‖π_ref).
+
+    Args:
+        judge: the reward source that judges; by default the module's own reward.
+        split: data split to evaluate (``test`` at the end; ``validation`` is used during training when set).
+        num_prompts: prompts evaluated (``null`` = the whole split).
+        every_n_rollouts: also evaluate on the validation split every this many rollout batches (0 = only at the end).
+        max_new_tokens: response length limit.
+        temperature: decoding temperature of the compared responses (0 = greedy).
+        batch_size: prompts per generation batch.
+        num_samples_logged: rows of the sample table logged at each evaluation.
+    """
+
+    def __init__(self, judge: Optional[RewardSource] = None, split: str = "test", num_prompts: Optional[int] = None,
+                 every_n_rollouts: int = 0, max_new_tokens: int = 53, temperature: float = 0.0,
+                 batch_size: int = 64, num_samples_logged: int = 8) -> None:
+        if temperature < 0:
+            raise RecipeError("trainer.callbacks[WinRateEvaluation].init_args.temperature", "must be ≥ 0")
+        self.judge = judge
+        self.split = split
+        self.num_prompts = num_prompts
+        self.every_n_rollouts = every_n_rollouts
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.batch_size = batch_size
+        self.num_samples_logged = num_samples_logged
+        self._sft_cache: dict[str, tuple[list[str], Tensor]] = {}
+        self.history: list[dict] = []
+
+    # ------------------------------------------------------------------ hooks
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.judge is not None:
+            self.judge.setup(trainer.strategy.root_device)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        done = trainer.fit_loop.total_batch_idx + 1
+        if self.every_n_rollouts and done % self.every_n_rollouts == 0:
+            split = "validation" if "validation" in trainer.datamodule.splits else self.split
+            self.evaluate(trainer, pl_module, split, step=done)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        results = self.evaluate(trainer, pl_module, self.split, step=trainer.fit_loop.total_batch_idx + 1)
+        pl_module.summary.update({key: round(value, 4) for key, value in results.items()})
+        pl_module.summary["eval_prompts"] = self._num_evaluated
+        pl_module.summary["eval_split"] = self.split
+        self._write_history(trainer)
+
+    # ------------------------------------------------------------------ evaluation
+    def _rank_rows(self, trainer: Trainer, split: str) -> list[dict]:
+        rows = trainer.datamodule.eval_rows(split, self.num_prompts)
+        self._num_evaluated = len(rows)
+        return rows[trainer.global_rank::trainer.world_size]
+
+    def _decode(self, pl_module: LightningModule, rows: list[dict], use_reference: bool,
+                temperature: float) -> tuple[list[str], Tensor, Tensor, int]:
+        """Responses for ``rows``: texts, prompt+response ids, attention mask, prompt width (one batch)."""
+        batch = trainer_collate(pl_module, rows)
+        sampling = dict(do_sample=True, temperature=temperature, top_k=0) if temperature > 0 else dict(do_sample=False)
+        responses = pl_module.generate(batch["input_ids"], batch["attention_mask"], use_reference=use_reference,
+                                       max_new_tokens=self.max_new_tokens, **sampling)
+        from rlhf_lightning.callbacks.rollout import response_attention_mask
+
+        tok = pl_module.tokenizer
+        mask, _ = response_attention_mask(responses, tok.eos_token_id, tok.pad_token_id)
+        responses = responses.masked_fill(mask == 0, tok.pad_token_id)
+        texts = tok.batch_decode(responses, skip_special_tokens=True)
+        ids = torch.cat([batch["input_ids"], responses], 1)
+        attention = torch.cat([batch["attention_mask"], mask], 1)
+        return texts, ids, attention, batch["input_ids"].shape[1]
+
+    def _responses(self, pl_module: LightningModule, rows: list[dict], use_reference: bool) -> list[str]:
+        texts: list[str] = []
+        for start in range(0, len(rows), self.batch_size):
+            texts += self._decode(pl_module, rows[start:start + self.batch_size], use_reference, self.temperature)[0]
+        return texts
+
+    def _kl(self, pl_module: LightningModule, rows: list[dict]) -> Tensor:
+        values = []
+        for start in range(0, len(rows), self.batch_size):
+            _, ids, attention, width = self._decode(pl_module, rows[start:start + self.batch_size], False, 1.0)
+            with torch.no_grad():
+                logp, _ = pl_module.policy_logprobs(ids, attention, width)
+            ref = pl_module.reference_logprobs(ids, attention, width)
+            values.append((logp - ref).sum(-1))
+        return torch.cat(values) if values else torch.zeros(0)
+
+    def evaluate(self, trainer: Trainer, pl_module: LightningModule, split: str, step: int) -> dict[str, float]:
+        judge = self.judge or pl_module.reward
+        rows = self._rank_rows(trainer, split)
+        prompts = [r["prompt"] for r in rows]
+        policy_texts = self._responses(pl_module, rows, use_reference=False)
+        if split not in self._sft_cache:  # the reference policy is frozen: decode it once
+            sft_texts = self._responses(pl_module, rows, use_reference=True)
+            self._sft_cache[split] = (sft_texts, judge.score(prompts, sft_texts).float())
+        sft_texts, sft_scores = self._sft_cache[split]
+        scores = judge.score(prompts, policy_texts).float()
+        has_reference = all("reference" in r for r in rows)
+        ref_scores = judge.score(prompts, [r["reference"] for r in rows]).float() if has_reference else None
+        kl = self._kl(pl_module, rows).cpu()
+
+        columns = [scores, sft_scores, kl] + ([ref_scores] if ref_scores is not None else [])
+        gathered = gather_rows(pl_module, torch.stack([c.cpu() for c in columns], 1))  # [n, 3 or 4]
+        results = {
+            "win_rate_vs_sft": win_rate(gathered[:, 0], gathered[:, 1]),
+            "reward": gathered[:, 0].mean().item(),
+            "sft_reward": gathered[:, 1].mean().item(),
+            "kl": gathered[:, 2].mean().item(),
+        }
+        if ref_scores is not None:
+            results["win_rate_vs_reference"] = win_rate(gathered[:, 0], gathered[:, 3])
+            results["reference_reward"] = gathered[:, 3].mean().item()
+        self._log(trainer, results, step)
+        self._log_samples(trainer, prompts, policy_texts, sft_texts, rows, scores, sft_scores, step)
+        self.history.append({"rollouts": step, "split": split, **results})
+        return results
+
+    # ------------------------------------------------------------------ logging
+    @rank_zero_only
+    def _log(self, trainer: Trainer, results: dict[str, float], step: int) -> None:
+        for logger in trainer.loggers:
+            logger.log_metrics({f"eval/{k}": v for k, v in results.items()}, step=trainer.global_step)
+        summary = ", ".join(f"{k}={v:.3f}" for k, v in results.items())
+        print(f"[eval after {step} rollout batches] {summary}", flush=True)
+
+    @rank_zero_only
+    def _log_samples(self, trainer: Trainer, prompts, policy_texts, sft_texts, rows, scores, sft_scores, step) -> None:
+        n = min(self.num_samples_logged, len(prompts))
+        table = [[step, prompts[i], policy_texts[i], round(scores[i].item(), 4), sft_texts[i],
+                  round(sft_scores[i].item(), 4), rows[i].get("reference", "")] for i in range(n)]
+        columns = ["rollouts", "prompt", "policy", "policy_score", "sft", "sft_score", "reference"]
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_table"):
+                logger.log_table(key="eval/samples", columns=columns, data=table, step=trainer.global_step)
+        root = Path(trainer.default_root_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        with (root / "samples.jsonl").open("a") as handle:
+            for row in table:
+                handle.write(json.dumps(dict(zip(columns, row))) + "\n")
+
+    @rank_zero_only
+    def _write_history(self, trainer: Trainer) -> None:
+        root = Path(trainer.default_root_dir)
+        (root / "eval_history.json").write_text(json.dumps(self.history, indent=2))
+        plot_history(self.history, root / "eval_curves.png")
+
+
+def trainer_collate(pl_module: LightningModule, rows: list[dict]) -> dict:
+    """Left-padded prompt batch on the module's device, via the data module's collate."""
+    batch = pl_module.trainer.datamodule.collate(rows)
+    return {k: (v.to(pl_module.device) if isinstance(v, Tensor) else v) for k, v in batch.items()}
+
+
+def gather_rows(pl_module: LightningModule, values: Tensor) -> Tensor:
+    """Concatenate per-process ``[n_i, C]`` rows across processes (``n_i`` may differ by one)."""
+    trainer = pl_module.trainer
+    if trainer.world_size == 1:
+        return values
+    count = torch.tensor([values.shape[0]], device=pl_module.device)
+    counts = pl_module.all_gather(count).reshape(-1)
+    width = int(counts.max())
+    padded = torch.zeros(width, values.shape[1], device=pl_module.device)
+    padded[: values.shape[0]] = values.to(pl_module.device)
+    everything = pl_module.all_gather(padded)  # [world, width, C]
+    return torch.cat([everything[r, : int(counts[r])] for r in range(everything.shape[0])]).cpu()
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    """Reward, KL and win rate against rollout batches (PNG)."""
+    if len(history) < 2:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["rollouts"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    for axis, key, label in zip(axes, ["reward", "kl", "win_rate_vs_sft"], ["judge reward", "KL to reference", "win rate vs SFT"]):
+        axis.plot(steps, [h[key] for h in history], marker="o")
+        axis.set_xlabel("rollout batches")
+        axis.set_title(label)
+        axis.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,28 @@
+"""``ExportPolicy``: write the trained policy as a Hugging Face directory at the end of training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+
+class ExportPolicy(Callback):
+    """Save the policy (safetensors) and tokenizer with ``save_pretrained`` when training ends.
+
+    Args:
+        dirpath: output directory; default ``<trainer.default_root_dir>/policy``.
+        merge_lora: merge a LoRA adapter into the weights (otherwise only the adapter is saved).
+    """
+
+    def __init__(self, dirpath: Optional[str] = None, merge_lora: bool = True) -> None:
+        self.dirpath = dirpath
+        self.merge_lora = merge_lora
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        directory = Path(self.dirpath or Path(trainer.default_root_dir) / "policy")
+        if trainer.is_global_zero:
+            pl_module.export(directory, merge_lora=self.merge_lora)
+            pl_module.summary["policy_dir"] = str(directory)
+        trainer.strategy.barrier("export_policy")

@@ -1,0 +1,169 @@
+"""Load the policy, reference and reward models from Hugging Face directories; export the result."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import torch
+from torch import nn
+
+from rlhf_lightning.errors import RecipeError
+
+DType = Literal["float32", "bfloat16", "float16"]
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapter settings (peft). The reference is the same weights with the adapter disabled.
+
+    Args:
+        r: adapter rank.
+        alpha: scaling numerator (``alpha / r`` multiplies the update).
+        dropout: dropout on the adapter input.
+        target_modules: module names to adapt, or ``all-linear``.
+    """
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: Union[str, list[str]] = "all-linear"
+
+
+@dataclass
+class ModelConfig:
+    """Where a causal LM comes from and how it is trained.
+
+    Args:
+        path: a local directory written by ``save_pretrained`` (or a hub id already in the local cache).
+        dtype: weight dtype when loading.
+        lora: train a LoRA adapter instead of all weights (set to ``{}`` for defaults).
+        load_in_4bit: QLoRA: load the base weights in 4-bit NF4 with bitsandbytes (needs a GPU and ``lora``).
+        trust_remote_code: run modelling code shipped with the model; off unless you trust it.
+        gradient_checkpointing: recompute activations in the backward pass to save memory.
+        tokenizer: tokenizer directory when it is not stored with the model.
+    """
+
+    path: str
+    dtype: DType = "float32"
+    lora: Optional[LoraSettings] = None
+    load_in_4bit: bool = False
+    trust_remote_code: bool = False
+    gradient_checkpointing: bool = False
+    tokenizer: Optional[str] = None
+
+
+def _is_cached_hub_id(name: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:
+        return False
+
+
+def check_model_path(path: str, field: str) -> None:
+    """A clear error when ``path`` is neither a model directory nor a locally cached hub id."""
+    p = Path(path)
+    if p.is_dir():
+        if not (p / "config.json").exists():
+            raise RecipeError(field, f"directory '{path}' has no config.json, so it is not a saved model",
+                              "point it to a directory written by save_pretrained()")
+        return
+    if _is_cached_hub_id(path):
+        return
+    raise RecipeError(field, f"model path '{path}' does not exist",
+                      "give a local directory written by save_pretrained() (e.g. a downloaded Pythia "
+                      "checkpoint); nothing is downloaded at run time")
+
+
+def load_tokenizer(path: str, field: str, trust_remote_code: bool = False,
+                   padding_side: str = "left"):
+    """Load a tokenizer; a missing pad token is set to EOS with a warning."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise RecipeError(field, f"cannot load a tokenizer from '{path}': {error}",
+                          "save the tokenizer with the model or set the tokenizer path") from None
+    if tokenizer.eos_token_id is None:
+        raise RecipeError(field, f"the tokenizer at '{path}' has no EOS token",
+                          "set eos_token in its tokenizer_config.json; responses end at EOS")
+    if tokenizer.pad_token_id is None:
+        warnings.warn(f"tokenizer at '{path}' has no pad token; using EOS ('{tokenizer.eos_token}') as pad",
+                      stacklevel=2)
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def _torch_dtype(name: DType) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_causal_lm(config: ModelConfig, field: str) -> nn.Module:
+    """``AutoModelForCausalLM.from_pretrained`` with the recipe's dtype, 4-bit and LoRA options."""
+    from transformers import AutoModelForCausalLM
+
+    check_model_path(config.path, f"{field}.path")
+    kwargs: dict = dict(trust_remote_code=config.trust_remote_code, dtype=_torch_dtype(config.dtype))
+    if config.load_in_4bit:
+        if config.lora is None:
+            raise RecipeError(f"{field}.load_in_4bit", "4-bit weights cannot be trained directly",
+                              f"also set {field}.lora (QLoRA)")
+        if not torch.cuda.is_available():
+            raise RecipeError(f"{field}.load_in_4bit", "4-bit loading (bitsandbytes) needs a CUDA GPU",
+                              "run on a GPU machine or set load_in_4bit: false")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16)
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(config.path, **kwargs)
+    except (OSError, ValueError) as error:
+        raise RecipeError(f"{field}.path", f"cannot load a causal LM from '{config.path}': {error}",
+                          "check that the directory holds a causal language model") from None
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if config.lora is not None:
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+        if config.load_in_4bit:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+        lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
+                          target_modules=config.lora.target_modules, task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+    return model
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Set every dropout probability to 0, so log-probs at rollout and update time agree."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def save_hf_directory(model: nn.Module, tokenizer, directory: str | os.PathLike, merge_lora: bool = True) -> Path:
+    """Write ``model`` (LoRA merged when asked) and its tokenizer as a safetensors HF directory."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    to_save = model
+    if merge_lora and hasattr(model, "merge_and_unload"):
+        import copy
+
+        to_save = copy.deepcopy(model).merge_and_unload()
+    to_save.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -1,0 +1,273 @@
+"""``RLHFModule``: owns the models, runs the objective on each rollout, logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections import defaultdict
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any, Iterator, Literal, Optional
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+
+from rlhf_lightning.errors import RecipeError
+from rlhf_lightning.logprobs import response_logprobs
+from rlhf_lightning.models import (ModelConfig, disable_dropout, freeze, load_causal_lm, load_tokenizer,
+                                   save_hf_directory)
+from rlhf_lightning.objectives.base import Objective
+from rlhf_lightning.rewards import RewardSource
+from rlhf_lightning.rollout import Rollout
+
+LRSchedule = Literal["constant", "linear", "cosine"]
+
+
+class RLHFModule(LightningModule):
+    """Policy, frozen reference and reward source, trained by a swappable :class:`Objective`.
+
+    Models are loaded in :meth:`configure_model` (after the data module's ``prepare_data``, inside
+    the strategy's context). Optimisation is manual: each rollout batch gives
+    ``objective.inner_epochs × objective.num_minibatches`` optimizer steps, so ``trainer.max_steps``
+    counts optimizer steps while ``max_epochs``/``limit_train_batches`` count rollout batches.
+
+    Args:
+        policy: the model to train (HF directory, optional LoRA/QLoRA).
+        objective: the loss, e.g. ``rlhf_lightning.objectives.REBEL``.
+        reward: reward source for online objectives (reward model, Python function, task judge).
+        reference: the frozen reference ``π_ref``; by default the policy's own starting weights
+            (the adapter disabled under LoRA, otherwise a frozen copy loaded from ``policy.path``).
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        lr_schedule: ``constant``, ``linear`` (decay to 0) or ``cosine``, after ``warmup_steps``.
+        warmup_steps: optimizer steps of linear warm-up.
+        max_grad_norm: clip the gradient norm to this value (``null`` to disable).
+        micro_batch_size: rows per forward/backward; a minibatch larger than this is split and its
+            gradients accumulated (whole prompt groups are kept together).
+    """
+
+    def __init__(
+        self,
+        policy: ModelConfig,
+        objective: Objective,
+        reward: Optional[RewardSource] = None,
+        reference: Optional[ModelConfig] = None,
+        lr: float = 1e-5,
+        weight_decay: float = 0.0,
+        lr_schedule: LRSchedule = "linear",
+        warmup_steps: int = 0,
+        max_grad_norm: Optional[float] = 1.0,
+        micro_batch_size: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        if not lr > 0:
+            raise RecipeError("model.init_args.lr", f"must be > 0, got {lr}", "e.g. 1e-5")
+        if micro_batch_size is not None and micro_batch_size < 1:
+            raise RecipeError("model.init_args.micro_batch_size", f"must be ≥ 1, got {micro_batch_size}")
+        self.policy_config = policy
+        self.reference_config = reference
+        self.objective = objective
+        self.reward = reward
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.lr_schedule = lr_schedule
+        self.warmup_steps = warmup_steps
+        self.max_grad_norm = max_grad_norm
+        self.micro_batch_size = micro_batch_size
+        self.policy: Optional[nn.Module] = None
+        self.reference: Optional[nn.Module] = None
+        self.tokenizer = None
+        self.summary: dict[str, Any] = {}
+        self._samples_generated = 0
+        self._busy_seconds = 0.0
+        self._fit_started = 0.0
+
+    # ------------------------------------------------------------------ models
+    def configure_model(self) -> None:
+        if self.policy is not None:
+            return
+        field = "model.init_args.policy"
+        self.tokenizer = load_tokenizer(self.policy_config.tokenizer or self.policy_config.path,
+                                        f"{field}.path", self.policy_config.trust_remote_code)
+        policy = load_causal_lm(self.policy_config, field)
+        disable_dropout(policy)
+        self.policy = policy
+        if self.objective.needs_reference and not self._reference_is_disabled_adapter:
+            ref_config = self.reference_config or ModelConfig(
+                path=self.policy_config.path, dtype=self.policy_config.dtype,
+                trust_remote_code=self.policy_config.trust_remote_code)
+            self.reference = freeze(load_causal_lm(ref_config, "model.init_args.reference"))
+        if self.objective.needs_rollout:
+            if self.reward is None:
+                raise RecipeError("model.init_args.reward",
+                                  f"objective {type(self.objective).__name__} learns from rewards, but no reward source is set",
+                                  "set model.init_args.reward, e.g. class_path: rlhf_lightning.rewards.RewardModel")
+            self.reward.setup(self.trainer.strategy.root_device if self._trainer else torch.device("cpu"))
+
+    @property
+    def _reference_is_disabled_adapter(self) -> bool:
+        return self.reference_config is None and self.policy_config.lora is not None
+
+    @contextmanager
+    def _reference_model(self) -> Iterator[nn.Module]:
+        if self.reference is not None:
+            yield self.reference
+        elif self._reference_is_disabled_adapter:
+            with self.policy.disable_adapter():
+                yield self.policy
+        else:
+            raise RuntimeError("this objective was configured without a reference model")
+
+    # ------------------------------------------------------------------ rollout helpers
+    @torch.no_grad()
+    def generate(self, input_ids: Tensor, attention_mask: Tensor, use_reference: bool = False,
+                 **generation_kwargs: Any) -> Tensor:
+        """Sample responses for left-padded prompts; returns the response block ``[N, R]`` (pad after EOS)."""
+        context = self._reference_model() if use_reference else nullcontext(self.policy)
+        with context as model:
+            was_training = model.training
+            model.eval()
+            sequences = model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                       pad_token_id=self.tokenizer.pad_token_id,
+                                       eos_token_id=self.tokenizer.eos_token_id, **generation_kwargs)
+            model.train(was_training)
+        return sequences[:, input_ids.shape[1]:]
+
+    def policy_logprobs(self, input_ids: Tensor, attention_mask: Tensor, prompt_length: int,
+                        temperature: float = 1.0, with_entropy: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+        """Per-token ``ln π_θ`` of the response block (with grad when grad is enabled)."""
+        return response_logprobs(self.policy, input_ids, attention_mask, prompt_length, temperature, with_entropy)
+
+    @torch.no_grad()
+    def reference_logprobs(self, input_ids: Tensor, attention_mask: Tensor, prompt_length: int,
+                           temperature: float = 1.0) -> Tensor:
+        """Per-token ``ln π_ref`` of the response block."""
+        with self._reference_model() as model:
+            return response_logprobs(model, input_ids, attention_mask, prompt_length, temperature)[0]
+
+    # ------------------------------------------------------------------ optimisation
+    def _total_optimizer_steps(self) -> int:
+        updates_per_batch = self.objective.inner_epochs * self.objective.num_minibatches
+        if self.trainer.max_steps and self.trainer.max_steps > 0:
+            return self.trainer.max_steps
+        return int(self.trainer.estimated_stepping_batches) * updates_per_batch
+
+    def configure_optimizers(self):
+        from transformers import get_scheduler
+
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            raise RecipeError("model.init_args.policy", "the policy has no trainable parameters",
+                              "check the LoRA target_modules")
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        total = max(1, self._total_optimizer_steps())
+        name = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[self.lr_schedule]
+        scheduler = get_scheduler(name, optimizer, num_warmup_steps=self.warmup_steps, num_training_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _backward_minibatch(self, minibatch: Rollout) -> dict[str, float]:
+        """Forward/backward over one minibatch (split into micro-batches); returns its metrics."""
+        chunks = minibatch.split(self.micro_batch_size) if self.micro_batch_size else [minibatch]
+        metrics: dict[str, float] = defaultdict(float)
+        for chunk in chunks:
+            logprobs, _ = self.policy_logprobs(chunk.input_ids, chunk.attention_mask, chunk.prompt_length,
+                                               chunk.temperature)
+            loss, chunk_metrics = self.objective.loss(logprobs, chunk)
+            weight = len(chunk) / len(minibatch)
+            self.manual_backward(loss * weight)
+            for key, value in chunk_metrics.items():
+                metrics[key] += float(value) * weight
+        return metrics
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        rollout = batch.get("rollout") if isinstance(batch, dict) else None
+        if rollout is None:
+            raise RecipeError("trainer.callbacks",
+                              f"objective {type(self.objective).__name__} trains on rollouts, but the batch has none",
+                              "add class_path: rlhf_lightning.callbacks.Rollout to trainer.callbacks")
+        start = time.perf_counter()
+        optimizer = self.optimizers()
+        scheduler = self.lr_schedulers()
+        totals: dict[str, float] = defaultdict(float)
+        updates = 0
+        for _ in range(self.objective.inner_epochs):
+            for minibatch in rollout.minibatches(self.objective.num_minibatches):
+                for key, value in self._backward_minibatch(minibatch).items():
+                    totals[key] += value
+                if self.max_grad_norm:
+                    self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm,
+                                        gradient_clip_algorithm="norm")
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                updates += 1
+        update_seconds = time.perf_counter() - start
+        busy = update_seconds + rollout.metrics.get("time/rollout_seconds", 0.0)
+        self._samples_generated += len(rollout)
+        self._busy_seconds += busy
+        logged = {key: value / updates for key, value in totals.items()}
+        logged.update(rollout.metrics)
+        logged["time/update_seconds"] = update_seconds
+        logged["perf/samples_per_second"] = len(rollout) / max(busy, 1e-9)
+        logged["train/lr"] = scheduler.get_last_lr()[0]
+        logged["train/rollouts"] = float(batch_idx + 1)
+        self.log_dict(logged, on_step=True, on_epoch=False, batch_size=rollout.num_prompts,
+                      sync_dist=self.trainer.world_size > 1)
+        self.log("reward", logged.get("reward/raw", 0.0), prog_bar=True, on_step=True, on_epoch=False,
+                 batch_size=rollout.num_prompts, logger=False)
+
+    # ------------------------------------------------------------------ run bookkeeping
+    def on_train_start(self) -> None:
+        self._fit_started = time.perf_counter()
+
+    def on_train_end(self) -> None:
+        self.summary["train_seconds"] = round(time.perf_counter() - self._fit_started, 2)
+        self.summary["samples_per_second"] = round(self._samples_generated / max(self._busy_seconds, 1e-9), 2)
+        self.summary["samples_generated"] = self._samples_generated
+
+    def on_fit_end(self) -> None:
+        if self.trainer.is_global_zero:
+            self.write_summary()
+
+    def write_summary(self) -> Path:
+        """Write ``<default_root_dir>/summary.json`` atomically."""
+        path = Path(self.trainer.default_root_dir) / "summary.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"objective": self.objective.name, **self.summary}
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+        os.replace(tmp, path)
+        return path
+
+    def export(self, directory: str | os.PathLike, merge_lora: bool = True) -> Path:
+        """Save the policy as a Hugging Face directory that ``AutoModelForCausalLM.from_pretrained`` loads."""
+        return save_hf_directory(self.policy, self.tokenizer, directory, merge_lora=merge_lora)
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith("reference.")]:
+            del state[key]  # frozen copy: reloaded from its path, not stored in every checkpoint
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "python": list(random.getstate()[1]),
+            "python_version": random.getstate()[0],
+            "python_gauss": random.getstate()[2],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.reference is not None:
+            state = checkpoint.setdefault("state_dict", {})
+            for key, value in self.reference.state_dict().items():
+                state.setdefault(f"reference.{key}", value)
+        rng = checkpoint.get("rng_states")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            random.setstate((rng["python_version"], tuple(rng["python"]), rng["python_gauss"]))
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])

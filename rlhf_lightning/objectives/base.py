@@ -1,0 +1,66 @@
+"""The ``Objective`` interface: tensors in, ``(loss, metrics)`` out."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from torch import Tensor, nn
+
+from rlhf_lightning.errors import RecipeError
+from rlhf_lightning.rollout import Rollout
+
+
+class Objective(nn.Module, ABC):
+    """A training loss. Subclass it, implement :meth:`loss`, and name the class in a recipe.
+
+    ``RLHFModule`` reads the class attributes to decide what to compute: a rollout per batch of
+    prompts with ``samples_per_prompt`` samples each, reference log-probs, a critic. It then runs
+    ``inner_epochs`` passes over the rollout in ``num_minibatches`` minibatches of whole prompts,
+    one optimizer step per minibatch, calling :meth:`loss` with the policy's fresh log-probs.
+    Running statistics an objective keeps belong in buffers, so that checkpoints carry them.
+
+    Args:
+        inner_epochs: passes over each rollout batch, with ``π_t`` held fixed.
+        num_minibatches: optimizer steps per pass; the prompts of a rollout are split evenly.
+    """
+
+    samples_per_prompt: int = 1
+    needs_rollout: bool = True
+    needs_reference: bool = True
+    needs_critic: bool = False
+
+    def __init__(self, inner_epochs: int = 1, num_minibatches: int = 1) -> None:
+        super().__init__()
+        errors = []
+        if inner_epochs < 1:
+            errors.append(self.field_error("inner_epochs", f"must be ≥ 1, got {inner_epochs}", "set it to 1 or more"))
+        if num_minibatches < 1:
+            errors.append(self.field_error("num_minibatches", f"must be ≥ 1, got {num_minibatches}",
+                                           "set it to 1 or more"))
+        if errors:
+            from rlhf_lightning.errors import raise_all
+
+            raise_all(errors)
+        self.inner_epochs = inner_epochs
+        self.num_minibatches = num_minibatches
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__.lower()
+
+    @staticmethod
+    def field_error(key: str, problem: str, fix: str = "") -> RecipeError:
+        """A :class:`RecipeError` for ``model.init_args.objective.init_args.<key>``."""
+        return RecipeError(f"model.init_args.objective.init_args.{key}", problem, fix)
+
+    @abstractmethod
+    def loss(self, logprobs: Tensor, rollout: Rollout) -> tuple[Tensor, dict[str, Tensor]]:
+        """Loss for one minibatch.
+
+        Args:
+            logprobs: ``[N, R]`` per-token ``ln π_θ`` of the rollout's responses (0 on padding), with grad.
+            rollout: the minibatch's rollout (old and reference log-probs, rewards, masks).
+
+        Returns:
+            The scalar loss and a dict of detached scalar metrics (names like ``loss/rebel``).
+        """

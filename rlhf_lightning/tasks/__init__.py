@@ -1,0 +1,1 @@
+"""Built-in demo tasks that run offline (no downloads): data, a gold reward and a warm-start policy."""

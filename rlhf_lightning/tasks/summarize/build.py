@@ -1,0 +1,187 @@
+"""Build (or reuse) the task on disk: jsonl splits, tokenizer and SFT warm-start model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Sequence, Union
+
+import torch
+
+from rlhf_lightning.tasks.summarize.corpus import CorpusConfig, Example, make_splits
+from rlhf_lightning.tasks.summarize.sft import SFTConfig, make_model, train_sft
+from rlhf_lightning.tasks.summarize.tokenizer import train_tokenizer
+
+VERSION = "summarize-v1"
+SPLITS = ("train", "validation", "test")
+SFT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TaskFiles:
+    """Where a built task lives. Splits are jsonl files of ``{"prompt": str, "reference": str}``;
+    ``sft`` is a ``save_pretrained`` directory holding the SFT model and its tokenizer."""
+
+    root: Path
+    train: Path
+    validation: Path
+    test: Path
+    sft: Path
+    manifest: Path
+
+    @classmethod
+    def at(cls, root: Union[str, Path]) -> "TaskFiles":
+        root = Path(root)
+        return cls(root, root / "train.jsonl", root / "validation.jsonl", root / "test.jsonl",
+                   root / "sft", root / "manifest.json")
+
+    def split(self, name: str) -> Path:
+        """Path of split ``name`` (``train``, ``validation`` or ``test``)."""
+        if name not in SPLITS:
+            raise ValueError(f"unknown split '{name}', expected one of {SPLITS}")
+        return getattr(self, name)
+
+
+def read_split(path: Union[str, Path]) -> list[dict[str, str]]:
+    """The records of a split file."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _jsonl(examples: Sequence[Example]) -> bytes:
+    lines = (json.dumps({"prompt": ex.prompt, "reference": ex.reference}) + "\n" for ex in examples)
+    return "".join(lines).encode("utf-8")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _read_manifest(path: Path) -> dict:
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) and manifest.get("version") == VERSION else {}
+
+
+def _file_matches(path: Path, digest: str | None) -> bool:
+    return digest is not None and path.is_file() and _sha256(path.read_bytes()) == digest
+
+
+@contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``root/.lock`` so that concurrent builds on one machine take turns."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    with open(root / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _sft_complete(directory: Path) -> bool:
+    return all((directory / name).is_file() for name in SFT_FILES)
+
+
+def _save_sft(files: TaskFiles, examples: Sequence[Example], config: SFTConfig, seed: int,
+              progress: bool) -> dict:
+    """Train the tokenizer and the SFT model, save both atomically into ``files.sft``."""
+    start = time.perf_counter()
+    texts = [f"{ex.prompt} {ex.reference}" for ex in examples]
+    tokenizer = train_tokenizer(texts, model_max_length=config.context)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = make_model(tokenizer, config)
+    losses = train_sft(model, tokenizer, examples, config, seed=seed, progress=progress)
+    tmp = files.root / f".sft.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(files.sft, ignore_errors=True)
+    os.replace(tmp, files.sft)
+    tail = losses[-50:]
+    return {"final_loss": sum(tail) / max(1, len(tail)), "seconds": round(time.perf_counter() - start, 1)}
+
+
+def build_task(
+    root: Union[str, Path] = "runs/.cache/summarize",
+    seed: int = 0,
+    *,
+    n_train: int = 32768,
+    n_validation: int = 128,
+    n_test: int = 256,
+    sft_steps: int = 1800,
+    sft_batch_size: int = 64,
+    sft_lr: float = 3e-3,
+    progress: bool = True,
+) -> TaskFiles:
+    """Build the offline summarisation task under ``root``, reusing whatever is already valid.
+
+    Deterministic in ``seed``. ``manifest.json`` records the parameters and file digests; a
+    split that is missing or changed is rewritten, and the SFT model is retrained when its
+    directory is incomplete or the data / SFT parameters differ. Files are written atomically.
+
+    Args:
+        root: output directory.
+        seed: seeds the posts, references and SFT (initialisation and batch order).
+        n_train / n_validation / n_test: split sizes (``train`` is also the SFT data).
+        sft_steps / sft_batch_size / sft_lr: SFT optimiser steps, batch size and peak learning rate.
+        progress: show a progress bar while fine-tuning.
+    """
+    files = TaskFiles.at(root)
+    files.root.mkdir(parents=True, exist_ok=True)
+    sft_config = SFTConfig(steps=sft_steps, batch_size=sft_batch_size, lr=sft_lr)
+    with _locked(files.root):
+        _build(files, seed, {"train": n_train, "validation": n_validation, "test": n_test}, sft_config, progress)
+    return files
+
+
+def _build(files: TaskFiles, seed: int, sizes: dict[str, int], sft_config: SFTConfig, progress: bool) -> None:
+    """Bring ``files`` up to date (see :func:`build_task`)."""
+    data_params = {"seed": seed, "sizes": sizes, "corpus": asdict(CorpusConfig())}
+    sft_params = {"seed": seed, **sft_config.to_dict()}
+
+    old = _read_manifest(files.manifest)
+    same_data = old.get("data") == data_params
+    digests = old.get("digests", {}) if same_data else {}
+    stale = [name for name in SPLITS if not _file_matches(files.split(name), digests.get(name))]
+    retrain = not (same_data and old.get("sft") == sft_params and _sft_complete(files.sft))
+    if not stale and not retrain:
+        return
+
+    log.info("building summarize task in %s (splits: %s, retrain SFT: %s)", files.root, stale, retrain)
+    splits = make_splits(sizes, seed)
+    new_digests = {}
+    for name in SPLITS:
+        data = _jsonl(splits[name])
+        new_digests[name] = _sha256(data)
+        if name in stale:
+            _write_atomic(files.split(name), data)
+    if new_digests != digests:
+        retrain = True  # the data changed under the saved model (or was never recorded)
+    sft_stats = old.get("sft_stats", {})
+    if retrain:
+        sft_stats = _save_sft(files, splits["train"], sft_config, seed, progress)
+    manifest = {"version": VERSION, "data": data_params, "sft": sft_params, "digests": new_digests,
+                "sft_stats": sft_stats}
+    _write_atomic(files.manifest, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))

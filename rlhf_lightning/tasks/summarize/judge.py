@@ -1,0 +1,85 @@
+"""The hidden gold judge of the summarisation task: a pure function of (prompt, response) text."""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Sequence
+
+import torch
+
+from rlhf_lightning.rewards import RewardSource
+from rlhf_lightning.tasks.summarize.corpus import FILLERS, NOUNS, post_nouns, tokens
+
+JUDGE_SEED = 20240617
+RECALL_SCALE = 2.5  # raw points for mentioning every noun of the post
+ORDER_BONUS = 0.3  # raw points when every consecutive pair of nouns is in the post's order
+BASE = -1.0  # raw score of the empty response
+POSITION_DISCOUNT = 0.02  # a noun's credit shrinks by this much per token before it
+REPEAT_PENALTY = 0.4  # per repeated token
+UNKNOWN_PENALTY = 0.4  # per extraneous word outside the task vocabulary
+OVERLENGTH_PENALTY = 0.1  # per token beyond (number of post nouns + 2)
+SPECIAL_TOKENS = frozenset({"<eos>", "<pad>", "<s>", "</s>"})
+
+
+def _weights(seed: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Fixed noun importances in [0.5, 1.5] and per-word penalties in [0.3, 0.5] for extraneous words."""
+    rng = random.Random(seed)
+    importance = {noun: rng.uniform(0.5, 1.5) for noun in NOUNS}
+    penalty = {word: rng.uniform(0.3, 0.5) for word in (*NOUNS, *FILLERS)}
+    return importance, penalty
+
+
+IMPORTANCE, WORD_PENALTY = _weights(JUDGE_SEED)
+
+
+def raw_score(prompt: str, response: str) -> float:
+    """Unbounded judge score; :func:`gold_score` squashes it into (-2, 2).
+
+    ``BASE + RECALL_SCALE · (discounted weighted recall) + ORDER_BONUS · (share of ordered pairs)
+    − penalties`` for extraneous words (filler, nouns not in the post, unknown words), repeats and
+    over-length.
+    """
+    nouns = post_nouns(prompt)
+    rank = {noun: i for i, noun in enumerate(nouns)}
+    total_weight = sum(IMPORTANCE[noun] for noun in nouns)
+    words = [w for w in tokens(response) if w not in SPECIAL_TOKENS]
+
+    credit = penalty = 0.0
+    seen: set[str] = set()
+    mentioned: list[int] = []
+    for position, word in enumerate(words):
+        if word in seen:
+            penalty += REPEAT_PENALTY
+            continue
+        seen.add(word)
+        if word in rank:
+            credit += IMPORTANCE[word] * max(0.0, 1.0 - POSITION_DISCOUNT * position)
+            mentioned.append(rank[word])
+        else:
+            penalty += WORD_PENALTY.get(word, UNKNOWN_PENALTY)
+    penalty += OVERLENGTH_PENALTY * max(0, len(words) - len(nouns) - 2)
+
+    recall = credit / total_weight if total_weight > 0 else 0.0
+    ordered = sum(1 for a, b in zip(mentioned, mentioned[1:]) if a < b)
+    order = ordered / max(1, len(nouns) - 1)
+    return BASE + RECALL_SCALE * recall + ORDER_BONUS * order - penalty
+
+
+def gold_score(prompt: str, response: str) -> float:
+    """Judge score in (-2, 2): ``2 · tanh(raw / 2)`` (monotone, near-linear around 0)."""
+    return 2.0 * math.tanh(raw_score(prompt, response) / 2.0)
+
+
+class GoldJudge(RewardSource):
+    """The task's gold reward: scores responses against the post's content nouns.
+
+    Higher for summaries that mention the post's important nouns, in order, early and without
+    filler or repeats; the oracle summary (:func:`~.corpus.oracle_summary`) is the best response.
+    Prompts may be the task's prompt strings or bare post text.
+    """
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        if len(prompts) != len(responses):
+            raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
+        return torch.tensor([gold_score(p, r) for p, r in zip(prompts, responses)], dtype=torch.float32)

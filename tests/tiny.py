@@ -1,0 +1,68 @@
+"""Tiny local models, tokenizers and data for tests: built here, saved with save_pretrained, loaded back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+WORDS = ["good", "bad", "red", "blue", "cat", "dog", "sun", "moon", "tree", "rock", "say", ":"]
+SPECIALS = ["<pad>", "<eos>", "<unk>"]
+
+
+def make_tokenizer(with_pad: bool = True):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(SPECIALS + WORDS)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    kwargs = dict(tokenizer_object=core, eos_token="<eos>", unk_token="<unk>", model_max_length=64)
+    if with_pad:
+        kwargs["pad_token"] = "<pad>"
+    return PreTrainedTokenizerFast(**kwargs)
+
+
+def make_model_dir(path: Path, seed: int = 0, with_pad: bool = True) -> Path:
+    """A random-init 2-layer Llama with a word-level tokenizer, written with save_pretrained."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = make_tokenizer(with_pad)
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
+                         pad_token_id=0, eos_token_id=1, bos_token_id=None, tie_word_embeddings=True)
+    model = LlamaForCausalLM(config)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def make_prompt_files(root: Path, n_train: int = 64, n_test: int = 16) -> dict[str, Path]:
+    """Prompts like ``say : cat dog`` with a reference response; jsonl train/validation/test."""
+    rng = torch.Generator().manual_seed(0)
+    nouns = WORDS[4:10]
+
+    def rows(n: int) -> list[dict]:
+        out = []
+        for _ in range(n):
+            idx = torch.randint(len(nouns), (2,), generator=rng).tolist()
+            out.append({"prompt": f"say : {nouns[idx[0]]} {nouns[idx[1]]}", "reference": "good"})
+        return out
+
+    files = {}
+    for split, n in {"train": n_train, "validation": n_test, "test": n_test}.items():
+        files[split] = root / f"{split}.jsonl"
+        files[split].write_text("".join(json.dumps(r) + "\n" for r in rows(n)))
+    return files
+
+
+def good_word_reward(prompts: list[str], responses: list[str]) -> list[float]:
+    """Share of response words that are ``good``: easy to learn, so a learning test is quick."""
+    out = []
+    for response in responses:
+        words = response.split()
+        out.append(sum(w == "good" for w in words) / max(len(words), 1) if words else 0.0)
+    return out
