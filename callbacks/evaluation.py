@@ -67,13 +67,13 @@ class WinRateEvaluation(Callback):
             self.judge.setup(trainer.strategy.root_device)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
-        done = trainer.fit_loop.total_batch_idx + 1
+        done = rollout_batches_done(trainer)
         if self.every_n_rollouts and done % self.every_n_rollouts == 0:
             split = "validation" if "validation" in trainer.datamodule.splits else self.split
             self.evaluate(trainer, pl_module, split, step=done)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        results = self.evaluate(trainer, pl_module, self.split, step=trainer.fit_loop.total_batch_idx + 1)
+        results = self.evaluate(trainer, pl_module, self.split, step=rollout_batches_done(trainer))
         pl_module.summary.update({key: round(value, 4) for key, value in results.items()})
         pl_module.summary["eval_prompts"] = self._num_evaluated
         pl_module.summary["eval_split"] = self.split
@@ -152,7 +152,7 @@ class WinRateEvaluation(Callback):
     @rank_zero_only
     def _log(self, trainer: Trainer, results: dict[str, float], step: int) -> None:
         for logger in trainer.loggers:
-            logger.log_metrics({f"eval/{k}": v for k, v in results.items()}, step=trainer.global_step)
+            logger.log_metrics({f"eval/{k}": v for k, v in results.items()}, step=logger_step(trainer))
         summary = ", ".join(f"{k}={v:.3f}" for k, v in results.items())
         print(f"[eval after {step} rollout batches] {summary}", flush=True)
 
@@ -164,7 +164,7 @@ class WinRateEvaluation(Callback):
         columns = ["rollouts", "prompt", "policy", "policy_score", "sft", "sft_score", "reference"]
         for logger in trainer.loggers:
             if hasattr(logger, "log_table"):
-                logger.log_table(key="eval/samples", columns=columns, data=table, step=trainer.global_step)
+                logger.log_table(key="eval/samples", columns=columns, data=table, step=logger_step(trainer))
         root = Path(trainer.default_root_dir)
         root.mkdir(parents=True, exist_ok=True)
         with (root / "samples.jsonl").open("a") as handle:
@@ -176,6 +176,17 @@ class WinRateEvaluation(Callback):
         root = Path(trainer.default_root_dir)
         (root / "eval_history.json").write_text(json.dumps(self.history, indent=2))
         plot_history(self.history, root / "eval_curves.png")
+
+
+def rollout_batches_done(trainer: Trainer) -> int:
+    """Rollout (training) batches completed so far in this run, resumed runs included."""
+    return trainer.fit_loop.epoch_loop.batch_progress.total.processed
+
+
+def logger_step(trainer: Trainer) -> int:
+    """The step Lightning's ``self.log`` uses, so evaluation rows line up with training rows (W&B
+    drops rows whose step goes backwards)."""
+    return trainer.fit_loop.epoch_loop._batches_that_stepped
 
 
 def trainer_collate(pl_module: LightningModule, rows: list[dict]) -> dict:

@@ -17,16 +17,17 @@ from rlhf_lightning.rollout import Rollout as RolloutBatch
 def response_attention_mask(responses: Tensor, eos_token_id: int, pad_token_id: int) -> tuple[Tensor, Tensor]:
     """Mask of real response tokens (up to and including the first EOS) and whether each row has EOS.
 
-    ``responses`` is ``[N, R]``; tokens after the first EOS (padding) are masked out. A row without
-    EOS keeps every token up to the first pad token.
+    ``responses`` is ``[N, R]``; the mask is a prefix: tokens after the first EOS are masked out, and
+    so is everything from the first pad token on (a pad the model sampled ends the response, which
+    then counts as having no EOS if the pad comes first).
     """
-    is_eos = responses == eos_token_id
-    has_eos = is_eos.any(-1)
-    # positions strictly after the first EOS
-    after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
-    mask = ~after_eos
+    is_eos = (responses == eos_token_id).long()
+    ended = is_eos.cumsum(-1) - is_eos > 0  # strictly after the first EOS
     if pad_token_id != eos_token_id:
-        mask &= responses != pad_token_id
+        ended |= (responses == pad_token_id).long().cumsum(-1) > 0  # from the first pad token on
+    is_eos = is_eos.bool() & ~ended
+    has_eos = is_eos.any(-1)
+    mask = ~ended
     return mask.long(), has_eos
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Optional, Sequence
 
+import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 
@@ -43,6 +45,20 @@ class RLHFCLI(LightningCLI):
             run=run,
         )
 
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument(
+            "--cpu_threads", type=Optional[int], default=None,
+            help="torch intra-op threads (torch.set_num_threads). Tiny models on a CPU run far faster "
+                 "with 1 thread; null keeps torch's default.")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        threads = config.get("cpu_threads")
+        if threads is not None:
+            if threads < 1:
+                raise RecipeError("cpu_threads", f"must be ≥ 1 or null, got {threads}")
+            torch.set_num_threads(threads)
+
 
 def translate_args(argv: Sequence[str]) -> list[str]:
     """``run RECIPE ...`` → ``fit --config RECIPE ...``; anything else is passed through."""
@@ -65,6 +81,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(USAGE)
         if not argv:
             raise SystemExit(2)
+    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
     try:
         RLHFCLI(args=translate_args(argv))
     except RecipeError as error:

@@ -6,6 +6,7 @@ import json
 import os
 import random
 import time
+import warnings
 from collections import defaultdict
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -22,6 +23,11 @@ from rlhf_lightning.models import (ModelConfig, disable_dropout, freeze, load_ca
 from rlhf_lightning.objectives.base import Objective
 from rlhf_lightning.rewards import RewardSource
 from rlhf_lightning.rollout import Rollout
+
+# Known, harmless Lightning warnings: the frozen reference is in eval mode on purpose, and checkpoints
+# written after an optimizer step are what a resumed run needs.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization")
 
 LRSchedule = Literal["constant", "linear", "cosine"]
 
@@ -95,7 +101,7 @@ class RLHFModule(LightningModule):
                                         f"{field}.path", self.policy_config.trust_remote_code)
         policy = load_causal_lm(self.policy_config, field)
         disable_dropout(policy)
-        self.policy = policy
+        self.policy = policy.train()
         if self.objective.needs_reference and not self._reference_is_disabled_adapter:
             ref_config = self.reference_config or ModelConfig(
                 path=self.policy_config.path, dtype=self.policy_config.dtype,

@@ -49,9 +49,10 @@ class Rollout:
         return replace(self, **tensors, metrics={})
 
     def minibatches(self, num_minibatches: int, generator: torch.Generator | None = None) -> list["Rollout"]:
-        """Shuffle the prompts and split them into ``num_minibatches`` groups of whole prompts."""
+        """Shuffle the prompts and split them into ``num_minibatches`` near-equal groups of whole prompts
+        (fewer only when there are fewer prompts than minibatches)."""
         order = torch.randperm(self.num_prompts, generator=generator)
-        return [self.select_prompts(chunk) for chunk in order.chunk(num_minibatches) if len(chunk)]
+        return [self.select_prompts(part) for part in order.tensor_split(min(num_minibatches, self.num_prompts))]
 
     def split(self, max_rows: int) -> list["Rollout"]:
         """Consecutive chunks of whole prompts with at most ``max_rows`` rows each (at least one prompt)."""

@@ -15,46 +15,43 @@ from rlhf_lightning.models import load_tokenizer
 
 
 class ResumableShuffleSampler(Sampler[int]):
-    """A seeded per-epoch permutation that remembers how far it got, so a run resumes mid-epoch exactly.
+    """A seeded per-epoch permutation that can start part-way, so a run resumes mid-epoch exactly.
 
-    Under several processes each rank takes every ``world_size``-th index of the same permutation
-    (the tail that does not divide evenly is dropped), so ranks see disjoint prompts.
+    Lightning calls :meth:`set_epoch` at the start of every epoch. :meth:`resume_at` makes the next
+    pass over ``epoch`` skip the indices already trained on. Under several processes each rank
+    takes every ``world_size``-th index of the same permutation (the tail that does not divide
+    evenly is dropped), so ranks see disjoint prompts.
     """
 
     def __init__(self, size: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1) -> None:
         self.size, self.seed, self.shuffle = size, seed, shuffle
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
-        self.consumed = 0
+        self._resume: Optional[tuple[int, int]] = None  # (epoch, indices to skip)
 
     def __len__(self) -> int:
         return self.size // self.world_size
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def resume_at(self, epoch: int, skip: int) -> None:
+        """Start the next pass over ``epoch`` after its first ``skip`` indices (of this rank)."""
+        self.epoch = epoch
+        self._resume = (epoch, skip)
+
     def __iter__(self) -> Iterator[int]:
         if self.shuffle:
-            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.size, generator=generator).tolist()
         else:
             order = list(range(self.size))
         order = order[self.rank:len(self) * self.world_size:self.world_size]
-        start, self.consumed = self.consumed, 0
-        for position in range(start, len(order)):
-            self.consumed = position + 1
-            yield order[position]
-        self.epoch += 1
-        self.consumed = 0
-
-
-class ResumableDataLoader(DataLoader):
-    """A ``DataLoader`` with ``state_dict``/``load_state_dict`` (Lightning saves and restores it)."""
-
-    def state_dict(self) -> dict:
-        sampler: ResumableShuffleSampler = self.sampler
-        # batches Lightning actually trained on; the fetcher may have read one ahead
-        return {"epoch": sampler.epoch, "consumed": sampler.consumed}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.sampler.epoch = state["epoch"]
-        self.sampler.consumed = state["consumed"]
+        skip = 0
+        if self._resume is not None and self._resume[0] == self.epoch:
+            skip = self._resume[1]
+            self._resume = None
+        return iter(order[skip:])
 
 
 class _Records(Dataset):
@@ -102,7 +99,8 @@ class PromptDataModule(LightningDataModule):
         self.shuffle, self.seed = shuffle, seed
         self.tokenizer = None
         self.splits: dict[str, list[dict]] = {}
-        self._train_loader: Optional[ResumableDataLoader] = None
+        self._train_loader: Optional[DataLoader] = None
+        self._resume_state: Optional[dict] = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -160,9 +158,30 @@ class PromptDataModule(LightningDataModule):
         if self._train_loader is None:
             rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
             sampler = ResumableShuffleSampler(len(rows), self.seed, self.shuffle, rank, world)
-            self._train_loader = ResumableDataLoader(_Records(rows), batch_size=self.batch_size, sampler=sampler,
-                                                     collate_fn=self.collate, drop_last=True)
+            # a private generator: creating the iterator must not draw from the global RNG, or a resumed
+            # run would sample different responses than the uninterrupted one
+            self._train_loader = DataLoader(_Records(rows), batch_size=self.batch_size, sampler=sampler,
+                                            collate_fn=self.collate, drop_last=True,
+                                            generator=torch.Generator().manual_seed(self.seed))
+        if self._resume_state is not None:
+            state, self._resume_state = self._resume_state, None
+            self._train_loader.sampler.resume_at(state["epoch"], state["batches"] * self.batch_size)
         return self._train_loader
+
+    def state_dict(self) -> dict:
+        """Where training is in the prompt stream (saved in checkpoints): epoch and batches trained on."""
+        if self.trainer is None:
+            return {}
+        loop = self.trainer.fit_loop
+        return {"epoch": self.trainer.current_epoch,
+                "batches": loop.epoch_loop.batch_progress.current.processed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self._resume_state = dict(state)
+            if self._train_loader is not None:
+                self._train_loader.sampler.resume_at(state["epoch"], state["batches"] * self.batch_size)
+                self._resume_state = None
 
     def eval_rows(self, split: str, limit: Optional[int] = None) -> list[dict]:
         """Rows of a held-out split for evaluation callbacks (``prompt``, ``input_ids``, ``reference``)."""

@@ -36,6 +36,9 @@ class REBEL(Objective):
         self.eta = eta
 
     def loss(self, logprobs: Tensor, rollout: Rollout) -> tuple[Tensor, dict[str, Tensor]]:
+        if rollout.group_size != 2:
+            raise ValueError(f"REBEL regresses pairs of responses to the same prompt; got a rollout with "
+                             f"{rollout.group_size} responses per prompt (set samples_per_prompt = 2)")
         mask = rollout.response_mask  # [N, R]
         log_ratio = masked_sum(logprobs - rollout.old_logprobs, mask)  # [N] ln π_θ(y|x) − ln π_t(y|x)
         pairs = log_ratio.view(-1, 2)  # [G, 2] (y, y′) of each prompt

@@ -1,0 +1,40 @@
+"""Run the CLI in-process on the tiny model and data (shared by end-to-end tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from rlhf_lightning.cli import RLHFCLI
+
+
+def tiny_run_args(model_dir: Path, data: dict, root: Path, *, batches: int = 8, lr: float = 3e-3,
+                  extra: Sequence[str] = ()) -> list[str]:
+    """Arguments for a REBEL run on the tiny model with the ``good`` word reward, CSV logging."""
+    return [
+        "fit",
+        "--seed_everything", "0",
+        "--model", "rlhf_lightning.RLHFModule",
+        "--model.policy.path", str(model_dir),
+        "--model.objective", "rlhf_lightning.REBEL",
+        "--model.objective.inner_epochs", "2",
+        "--model.reward", "rlhf_lightning.rewards.FunctionReward",
+        "--model.reward.function", "tiny.good_word_reward",
+        "--model.lr", str(lr),
+        "--data", "rlhf_lightning.data.PromptDataModule",
+        "--data.train_file", str(data["train"]), "--data.test_file", str(data["test"]),
+        "--data.tokenizer", str(model_dir), "--data.batch_size", "8",
+        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", str(batches),
+        "--trainer.log_every_n_steps", "1",
+        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(root),
+        "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false",
+        "--trainer.callbacks+=rlhf_lightning.callbacks.Rollout", "--trainer.callbacks.max_new_tokens", "6",
+        "--trainer.callbacks.no_eos_reward", "null",
+        "--trainer.callbacks+=rlhf_lightning.callbacks.WinRateEvaluation", "--trainer.callbacks.max_new_tokens", "6",
+        *extra,
+    ]
+
+
+def run_cli(args: Sequence[str]) -> RLHFCLI:
+    return RLHFCLI(args=list(args))
