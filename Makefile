@@ -27,9 +27,9 @@ $(STAMP): pyproject.toml
 		$(BIN)/python -m pip install --quiet "torch>=2.4"; \
 	else \
 		echo "no GPU found: installing the CPU build of torch $(TORCH_VERSION)"; \
-		$(BIN)/python -m pip install --quiet --index-url $(TORCH_CPU_INDEX) "torch==$(TORCH_VERSION)"; \
+		$(BIN)/python -m pip install --quiet --retries 1 --no-deps --index-url $(TORCH_CPU_INDEX) "torch==$(TORCH_VERSION)"; \
 	fi
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test]" "torch==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("torch"))')"
 	@touch $(STAMP)
 
 quickstart: $(STAMP)
