@@ -6,9 +6,15 @@
 
 from __future__ import annotations
 
+import difflib
+import importlib
 import os
+import re
 import sys
 import warnings
+from argparse import ArgumentError
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Optional, Sequence
 
 import torch
@@ -45,6 +51,19 @@ class RLHFCLI(LightningCLI):
             run=run,
         )
 
+    def init_parser(self, **kwargs):
+        # parse errors raise (turned into one RecipeError below) instead of printing usage and exiting;
+        # no abbreviations, so a misspelt --trainer.max_epoch is an error, not silently max_epochs
+        kwargs.setdefault("exit_on_error", False)
+        kwargs.setdefault("allow_abbrev", False)
+        return super().init_parser(**kwargs)
+
+    def parse_arguments(self, parser, args) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as error:
+            raise explain_parse_error(str(error), _subcommand_parser(parser, args)) from None
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(
             "--cpu_threads", type=Optional[int], default=None,
@@ -58,6 +77,235 @@ class RLHFCLI(LightningCLI):
             if threads < 1:
                 raise RecipeError("cpu_threads", f"must be ≥ 1 or null, got {threads}")
             torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------- parse errors
+# jsonargparse reports a bad value deep in a recipe as an indented tree, e.g.
+#     Parser key "model":
+#       Does not validate against any of the Union subtypes
+#       Subtypes: [...]
+#       Errors:
+#         - Problem with given class_path 'rlhf_lightning.RLHFModule':
+#             Parser key "lr":
+#               Expected a <class 'float'>. Got value: abc
+#         - Expected a <class 'NoneType'>
+#       Given value: ...
+# explain_parse_error follows the informative branch down to the leaf and names the recipe key
+# (``model.init_args.lr``), the problem and a fix; anything it does not recognise is passed on as is.
+
+HINT = "run with --print_config to see the full recipe with every valid key"
+
+_PARSER_KEY = re.compile(r'^Parser key "([^"]+)":\s*(.*)$')
+_CLASS_PROBLEM = re.compile(r"^Problem with given class_path '([^']+)':\s*(.*)$")
+_OPTION = re.compile(r"^Option '([^']+)' is not accepted")
+_GROUP = re.compile(r"^Group '([^']+)' does not accept option '([^']+)'")
+_EXPECTED = re.compile(r"^Expected an? (.+?)(?:\. Got value: (.*))?$")
+_UNRECOGNIZED = re.compile(r"^unrecognized arguments: (\S+)")
+_REQUIRED = re.compile(r"^the following arguments are required: (.+)$")
+_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Given value type:", "Given value:")
+
+
+@dataclass(frozen=True)
+class _Where:
+    """A position in the recipe: the key shown to the user, and the class whose arguments it is in."""
+
+    key: tuple[str, ...] = ()
+    cls: Optional[str] = None     # class_path whose init_args we are in (None: the top-level parser)
+    rel: tuple[str, ...] = ()     # key relative to that class (or to the top-level parser)
+
+    def child(self, name: str) -> "_Where":
+        parts = tuple(p for p in name.split(".") if p)
+        return _Where(self.key + parts, self.cls, self.rel + parts)
+
+    def init_args_of(self, class_path: str) -> "_Where":
+        return _Where(self.key + ("init_args",), class_path, ())
+
+    @property
+    def name(self) -> str:
+        return ".".join(self.key) or "recipe"
+
+
+def _tree(text: str) -> list:
+    """Lines of a message as ``(text, children)`` nodes by indentation."""
+    root: list = []
+    stack = [(-1, root)]
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip())
+        node = (line.strip(), [])
+        while stack[-1][0] >= indent:
+            stack.pop()
+        stack[-1][1].append(node)
+        stack.append((indent, node[1]))
+    return root
+
+
+def _flat(nodes: list) -> str:
+    return " ".join(t + (" " + _flat(kids) if kids else "") for t, kids in nodes)
+
+
+def _type_name(text: str) -> str:
+    text = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", text)
+    text = text.replace("NoneType", "null").replace("typing.", "")
+    literal = re.fullmatch(r"Literal\[(.*)\]", text)
+    return f"one of {literal.group(1)}" if literal else text
+
+
+def _all_dests(parser) -> set[str]:
+    dests = set()
+    for action in getattr(parser, "_actions", []):
+        if action.dest and action.dest != "==SUPPRESS==":
+            dests.add(action.dest)
+        for name in ("_actions", "_group_actions"):
+            for sub in getattr(action, name, []) or []:
+                dests.add(sub.dest)
+    return dests
+
+
+@lru_cache(maxsize=64)
+def _class_dests(class_path: str) -> frozenset[str]:
+    """Every key a class accepts in ``init_args`` (as jsonargparse sees its signature)."""
+    from jsonargparse import ArgumentParser
+
+    try:
+        cls = _import(class_path)
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_class_arguments(cls, fail_untyped=False, sub_configs=True)
+        return frozenset(_all_dests(parser))
+    except Exception:  # best effort: only used for suggestions
+        return frozenset()
+
+
+def _import(class_path: str):
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _valid_names(where: _Where, parser) -> list[str]:
+    dests = _class_dests(where.cls) if where.cls else _all_dests(parser)
+    prefix = ".".join(where.rel)
+    names = set()
+    for dest in dests:
+        if not prefix:
+            names.add(dest.split(".")[0])
+        elif dest.startswith(prefix + "."):
+            names.add(dest[len(prefix) + 1:].split(".")[0])
+    return sorted(n for n in names if n not in {"help", "__default_config__"})
+
+
+def _suggest(name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean '{close[0]}'? ({HINT})"
+    if valid and len(valid) <= 15:
+        return f"valid keys here: {', '.join(valid)}"
+    return HINT
+
+
+def _unknown_key(where: _Where, option: str, parser) -> RecipeError:
+    """``option`` (maybe dotted, e.g. ``polcy.path``) is not accepted at ``where``: name its first bad part."""
+    for part in [p for p in option.split(".") if p]:
+        valid = _valid_names(where, parser)
+        child = where.child(part)
+        if part not in valid or not valid:
+            owner = f" of {where.cls}" if where.cls else ""
+            return RecipeError(child.name, f"unknown key '{part}'{owner}", _suggest(part, valid))
+        where = child
+    return RecipeError(where.name, "this key is not accepted", HINT)
+
+
+def _bad_class(where: _Where, class_path: str, detail: str) -> RecipeError:
+    fix = "check the spelling and that the module can be imported (PYTHONPATH)"
+    module, _, name = class_path.rpartition(".")
+    try:
+        names = [n for n in dir(importlib.import_module(module)) if not n.startswith("_")]
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+        if close:
+            fix = f"did you mean '{module}.{close[0]}'?"
+    except Exception:
+        pass
+    return RecipeError(where.child("class_path").name, f"cannot import '{class_path}': {detail}", fix)
+
+
+def _wrong_type(where: _Where, kind: str, got: str) -> RecipeError:
+    fix = f"set {where.name} to {kind}" if kind.startswith("one of") else f"set {where.name} to a value of type {kind}"
+    return RecipeError(where.name, f"expected {kind}{got}", fix)
+
+
+def _leaf(text: str, kids: list, where: _Where, parser, given: Optional[str] = None) -> RecipeError:
+    if m := _OPTION.match(text):
+        return _unknown_key(where, m.group(1), parser)
+    if m := _GROUP.match(text):
+        return _unknown_key(where, f"{m.group(1)}.{m.group(2)}", parser)
+    if m := _EXPECTED.match(text):
+        value = m.group(2) if m.group(2) is not None else given
+        got = f", got '{value}'" if value is not None else ""
+        return _wrong_type(where, _type_name(m.group(1)), got)
+    if m := _REQUIRED.match(text):
+        missing = where.child(m.group(1).split(",")[0].strip())
+        return RecipeError(missing.name, "is required but not set", f"set {missing.name} in the recipe")
+    if m := _UNRECOGNIZED.match(text):
+        option = m.group(1).lstrip("-").split("=")[0]
+        return _unknown_key(where, option, parser)
+    detail = text + (" " + _flat(kids) if kids else "")
+    return RecipeError(where.name, detail, HINT)
+
+
+def _explain(nodes: list, where: _Where, parser) -> RecipeError:
+    given = next((t[len("Given value:"):].strip() for t, _ in nodes if t.startswith("Given value:")), None)
+    errors = next((kids for t, kids in nodes if t == "Errors:"), None)
+    if errors is not None:  # a Union: follow the class_path branch, or list the expected types
+        items = [(t[2:] if t.startswith("- ") else t, kids) for t, kids in errors]
+        for text, kids in items:
+            if m := _CLASS_PROBLEM.match(text):
+                return _explain_class(m.group(1), m.group(2), kids, where, parser)
+        kinds = [m.group(1) for t, _ in items if (m := _EXPECTED.match(t))]
+        if kinds and len(kinds) == len(items):
+            got = f", got '{given}'" if given is not None else ""
+            return _wrong_type(where, " or ".join(_type_name(k) for k in kinds), got)
+        useful = [(t, k) for t, k in items if not t.startswith(("Expected a <class 'NoneType'>", "Not a valid subclass"))]
+        if useful:
+            return _leaf(*useful[0], where, parser, given)
+    for text, kids in nodes:
+        if text.startswith(_NOISE) or text == "Errors:":
+            continue
+        if m := _PARSER_KEY.match(text):
+            inner = where.child(m.group(1))
+            return _leaf(m.group(2), kids, inner, parser, given) if m.group(2) else _explain(kids, inner, parser)
+        if m := _CLASS_PROBLEM.match(text):
+            return _explain_class(m.group(1), m.group(2), kids, where, parser)
+        return _leaf(text, kids, where, parser, given)
+    return RecipeError(where.name, "invalid value", HINT)
+
+
+def _explain_class(class_path: str, rest: str, kids: list, where: _Where, parser) -> RecipeError:
+    detail = (rest + " " + _flat(kids)).strip()
+    first = kids[0][0] if kids else rest
+    if first.startswith(("module ", "No module named", "Import path", "Unable to import", "cannot import")) or \
+            "has no attribute" in first:
+        return _bad_class(where, class_path, detail)
+    return _explain(kids, where.init_args_of(class_path), parser) if kids else \
+        RecipeError(where.name, f"{class_path}: {detail}", HINT)
+
+
+def explain_parse_error(message: str, parser=None) -> RecipeError:
+    """One :class:`RecipeError` (key, problem, fix) from a jsonargparse error message."""
+    if message.startswith("Problems parsing config"):
+        return RecipeError("recipe", " ".join(message.split()), "fix the YAML syntax at the line shown")
+    try:
+        return _explain(_tree(message), _Where(), parser)
+    except Exception:  # never hide the original message behind a bug in this translation
+        return RecipeError("recipe", " ".join(message.split()), HINT)
+
+
+def _subcommand_parser(parser, args):
+    action = getattr(parser, "_subcommands_action", None)
+    if action is None:
+        return parser
+    names = action._name_parser_map
+    chosen = next((a for a in (args or []) if isinstance(a, str) and a in names), None)
+    return names.get(chosen or "fit", parser)
 
 
 def translate_args(argv: Sequence[str]) -> list[str]:
@@ -85,7 +333,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     try:
         RLHFCLI(args=translate_args(argv))
     except RecipeError as error:
-        print(f"rlhf-lightning: error in the recipe\n  {error}", file=sys.stderr)
+        # also raised from Lightning hooks (configure_model, datamodule setup) inside trainer.fit:
+        # Lightning tears the run down and re-raises the same exception
+        print(f"rlhf-lightning: error in the recipe: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except ArgumentError as error:  # a parser error not raised through RLHFCLI.parse_arguments
+        print(f"rlhf-lightning: error in the recipe: {explain_parse_error(str(error))}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
