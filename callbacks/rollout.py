@@ -32,12 +32,17 @@ def response_attention_mask(responses: Tensor, eos_token_id: int, pad_token_id: 
 
 
 class Rollout(Callback):
-    """Generate ``objective.samples_per_prompt`` responses per prompt, score and KL-shape them.
+    """Generate responses for each batch of prompts, score and KL-shape them for the objective.
 
-    For each batch of prompts it samples from the current policy ``π_t``, records ``ln π_t`` and
-    ``ln π_ref`` per token, computes the raw reward (responses without EOS get ``no_eos_reward``)
-    and the shaped reward ``r̃ = r − γ·(ln π_t(y|x) − ln π_ref(y|x))``, and stores the result in
+    For each prompt it samples ``objective.samples_per_prompt`` responses from the current policy
+    ``π_t`` (and appends ``objective.dataset_responses_per_prompt`` reference responses from the data
+    set, for hybrid pairs), records ``ln π_t`` and ``ln π_ref`` per token (and the critic's values when
+    the objective has one), computes the raw reward (responses without EOS get ``no_eos_reward``) and
+    the shaped reward ``r̃ = r − γ·(ln π_t(y|x) − ln π_ref(y|x))``, and stores the result in
     ``batch["rollout"]`` for ``RLHFModule.training_step``.
+
+    With ``target_kl`` set, γ follows the adaptive controller of Ziegler et al. (2019):
+    ``γ ← γ·(1 + clip(KL/target − 1, −0.2, 0.2)·n/horizon)`` after each batch of ``n`` samples.
 
     Args:
         max_new_tokens: response length limit.
@@ -45,14 +50,16 @@ class Rollout(Callback):
         temperature: sampling temperature; log-probs are taken from ``logits / temperature``.
         top_p: nucleus sampling threshold (1.0 = off).
         top_k: top-k sampling (0 = off).
-        kl_coef: γ, the weight of the sequence-level KL penalty in the shaped reward.
+        kl_coef: γ (β for PPO), the weight of the KL penalty in the shaped reward.
+        target_kl: KL per sequence the adaptive controller aims for (``null`` = fixed γ).
+        kl_horizon: the controller's horizon, in samples.
         no_eos_reward: reward given to responses that hit ``max_new_tokens`` without EOS
             (``null`` keeps the reward source's score).
     """
 
     def __init__(self, max_new_tokens: int = 53, min_new_tokens: int = 0, temperature: float = 1.0,
-                 top_p: float = 1.0, top_k: int = 0, kl_coef: float = 0.05,
-                 no_eos_reward: Optional[float] = -4.0) -> None:
+                 top_p: float = 1.0, top_k: int = 0, kl_coef: float = 0.05, target_kl: Optional[float] = None,
+                 kl_horizon: int = 10000, no_eos_reward: Optional[float] = -4.0) -> None:
         errors = []
         if max_new_tokens < 1:
             errors.append(("max_new_tokens", f"must be ≥ 1, got {max_new_tokens}"))
@@ -62,6 +69,10 @@ class Rollout(Callback):
             errors.append(("top_p", f"must be in (0, 1], got {top_p}"))
         if kl_coef < 0:
             errors.append(("kl_coef", f"must be ≥ 0, got {kl_coef}"))
+        if target_kl is not None and not target_kl > 0:
+            errors.append(("target_kl", f"must be > 0 or null, got {target_kl}"))
+        if kl_horizon < 1:
+            errors.append(("kl_horizon", f"must be ≥ 1, got {kl_horizon}"))
         if errors:
             key, problem = errors[0]
             raise RecipeError(f"trainer.callbacks[Rollout].init_args.{key}",
@@ -72,6 +83,8 @@ class Rollout(Callback):
         self.top_p = top_p
         self.top_k = top_k
         self.kl_coef = kl_coef
+        self.target_kl = target_kl
+        self.kl_horizon = kl_horizon
         self.no_eos_reward = no_eos_reward
 
     def generation_kwargs(self) -> dict:
@@ -82,16 +95,60 @@ class Rollout(Callback):
         if pl_module.objective.needs_rollout:
             batch["rollout"] = self.collect(pl_module, batch)
 
+    # adaptive KL coefficient: saved in checkpoints so that a resumed run continues with the same γ
+    def state_dict(self) -> dict:
+        return {"kl_coef": self.kl_coef}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.kl_coef = state_dict.get("kl_coef", self.kl_coef)
+
+    def update_kl_coef(self, observed_kl: float, num_samples: int) -> None:
+        """One step of the adaptive controller (no-op without ``target_kl``)."""
+        if self.target_kl is None:
+            return
+        error = min(max(observed_kl / self.target_kl - 1.0, -0.2), 0.2)
+        self.kl_coef *= 1.0 + error * num_samples / self.kl_horizon
+
+    def _responses(self, pl_module: LightningModule, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
+        """Prompt ids and mask ``[N, P]`` and the response block ``[N, R]``, in groups of whole prompts.
+
+        Each group holds ``samples_per_prompt`` samples of ``π_t`` followed by
+        ``dataset_responses_per_prompt`` copies of the data set's reference response.
+        """
+        objective = pl_module.objective
+        k, offline = objective.samples_per_prompt, getattr(objective, "dataset_responses_per_prompt", 0)
+        tokenizer = pl_module.tokenizer
+        prompt_ids = batch["input_ids"].repeat_interleave(k, dim=0)  # [B·k, P]
+        prompt_mask = batch["attention_mask"].repeat_interleave(k, dim=0)
+        responses = pl_module.generate(prompt_ids, prompt_mask, **self.generation_kwargs())  # [B·k, R]
+        if not offline:
+            return prompt_ids, prompt_mask, responses
+        if "reference" not in batch:
+            raise RecipeError("data.init_args.reference_column",
+                              f"objective {type(objective).__name__} pairs samples with data set responses, "
+                              "but the training batches carry none", "set reference_column to the response column")
+        dataset = [tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                   for text in batch["reference"]]
+        width = max(responses.shape[1], max(len(ids) for ids in dataset))
+        B = batch["input_ids"].shape[0]
+        group = k + offline
+        block = torch.full((B * group, width), tokenizer.pad_token_id, dtype=responses.dtype, device=responses.device)
+        rows = torch.arange(B * group, device=responses.device).view(B, group)
+        block[rows[:, :k].reshape(-1), :responses.shape[1]] = responses
+        for i, ids in enumerate(dataset):
+            block[rows[i, k:], :len(ids)] = torch.tensor(ids, dtype=responses.dtype, device=responses.device)
+        return (batch["input_ids"].repeat_interleave(group, dim=0), batch["attention_mask"].repeat_interleave(group, dim=0),
+                block)
+
     @torch.no_grad()
     def collect(self, pl_module: LightningModule, batch: dict) -> RolloutBatch:
         """Generate, score and shape one rollout batch."""
         start = time.perf_counter()
-        k = pl_module.objective.samples_per_prompt
         tokenizer = pl_module.tokenizer
-        prompt_ids = batch["input_ids"].repeat_interleave(k, dim=0)  # [N, P]
-        prompt_mask = batch["attention_mask"].repeat_interleave(k, dim=0)  # [N, P]
-        prompts = [text for text in batch["prompt"] for _ in range(k)]
-        responses = pl_module.generate(prompt_ids, prompt_mask, **self.generation_kwargs())  # [N, R]
+        objective = pl_module.objective
+        prompt_ids, prompt_mask, responses = self._responses(pl_module, batch)
+        group = prompt_ids.shape[0] // batch["input_ids"].shape[0]
+        prompts = [text for text in batch["prompt"] for _ in range(group)]
         response_mask, has_eos = response_attention_mask(responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
         responses = responses.masked_fill(response_mask == 0, tokenizer.pad_token_id)
         input_ids = torch.cat([prompt_ids, responses], dim=1)  # [N, P + R]
@@ -102,14 +159,17 @@ class Rollout(Callback):
         old_logprobs, entropy = pl_module.policy_logprobs(input_ids, attention_mask, prompt_length,
                                                           self.temperature, with_entropy=True)
         ref_logprobs = pl_module.reference_logprobs(input_ids, attention_mask, prompt_length, self.temperature)
+        values = (pl_module.critic_values(input_ids, attention_mask, prompt_length)
+                  if objective.needs_critic else None)
 
         texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
-        rewards = pl_module.reward.score(prompts, texts).to(input_ids.device).float()  # [N]
+        rewards = pl_module.reward.score_groups(prompts, texts, group).to(input_ids.device).float()  # [N]
         if self.no_eos_reward is not None:
             rewards = torch.where(has_eos, rewards, torch.full_like(rewards, self.no_eos_reward))
         mask = response_mask.float()
         sequence_kl = (old_logprobs - ref_logprobs).sum(-1)  # [N]
-        shaped = kl_shaped_reward(rewards, old_logprobs.sum(-1), ref_logprobs.sum(-1), self.kl_coef)
+        kl_coef = self.kl_coef
+        shaped = kl_shaped_reward(rewards, old_logprobs.sum(-1), ref_logprobs.sum(-1), kl_coef)
         metrics = {
             "reward/raw": rewards.mean().item(),
             "reward/shaped": shaped.mean().item(),
@@ -120,6 +180,9 @@ class Rollout(Callback):
             "time/generation_seconds": generation_seconds,
             "time/rollout_seconds": time.perf_counter() - start,
         }
+        self.update_kl_coef(pl_module.reduce_sum(sequence_kl.mean()).item() / max(pl_module.trainer.world_size, 1)
+                            if pl_module._trainer is not None else sequence_kl.mean().item(), len(rewards))
         return RolloutBatch(input_ids=input_ids, attention_mask=attention_mask, prompt_length=prompt_length,
                             old_logprobs=old_logprobs, ref_logprobs=ref_logprobs, rewards=rewards,
-                            shaped_rewards=shaped, group_size=k, temperature=self.temperature, metrics=metrics)
+                            shaped_rewards=shaped, group_size=group, temperature=self.temperature,
+                            kl_coef=kl_coef, values=values, metrics=metrics)

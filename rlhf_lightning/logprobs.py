@@ -66,6 +66,7 @@ def response_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tenso
     """Per-token ``ln π(y_i | x, y_<i)`` over the response block, zero on padding.
 
     Returns ``(logprobs [N, R], entropy [N, R] or None)``; sum over the last dim for ``ln π(y|x)``.
+    The entropy carries gradients when grad is enabled (for an entropy bonus).
     """
     logits = _response_logits(model, input_ids, attention_mask, prompt_length)
     labels = input_ids[:, prompt_length:]
@@ -73,8 +74,7 @@ def response_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tenso
     logprobs = token_logprobs_from_logits(logits, labels, temperature) * mask.float()
     entropy = None
     if with_entropy:
-        with torch.no_grad():
-            entropy = entropy_from_logits(logits, temperature) * mask.float()
+        entropy = entropy_from_logits(logits, temperature) * mask.float()
     return logprobs, entropy
 
 

@@ -16,12 +16,13 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
+from rlhf_lightning.critic import load_value_model, token_values
 from rlhf_lightning.errors import RecipeError
 from rlhf_lightning.logprobs import response_logprobs
 from rlhf_lightning.models import (ModelConfig, disable_dropout, freeze, load_causal_lm, load_tokenizer,
                                    save_hf_directory)
 from rlhf_lightning.objectives.base import Objective
-from rlhf_lightning.rewards import RewardSource
+from rlhf_lightning.rewards import RewardModel, RewardSource
 from rlhf_lightning.rollout import Rollout
 
 # Known, harmless Lightning warnings: the frozen reference is in eval mode on purpose, and checkpoints
@@ -46,6 +47,9 @@ class RLHFModule(LightningModule):
         reward: reward source for online objectives (reward model, Python function, task judge).
         reference: the frozen reference ``π_ref``; by default the policy's own starting weights
             (the adapter disabled under LoRA, otherwise a frozen copy loaded from ``policy.path``).
+        critic: the value model of objectives that need one (PPO): a reward-model directory (the
+            default when ``reward`` is a :class:`RewardModel`) or a causal-LM directory (new value head).
+        critic_lr: learning rate of the critic (default: ``lr``).
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         lr_schedule: ``constant``, ``linear`` (decay to 0) or ``cosine``, after ``warmup_steps``.
@@ -61,7 +65,9 @@ class RLHFModule(LightningModule):
         objective: Objective,
         reward: Optional[RewardSource] = None,
         reference: Optional[ModelConfig] = None,
+        critic: Optional[ModelConfig] = None,
         lr: float = 1e-5,
+        critic_lr: Optional[float] = None,
         weight_decay: float = 0.0,
         lr_schedule: LRSchedule = "linear",
         warmup_steps: int = 0,
@@ -74,8 +80,15 @@ class RLHFModule(LightningModule):
             raise RecipeError("model.init_args.lr", f"must be > 0, got {lr}", "e.g. 1e-5")
         if micro_batch_size is not None and micro_batch_size < 1:
             raise RecipeError("model.init_args.micro_batch_size", f"must be ≥ 1, got {micro_batch_size}")
+        group = objective.samples_per_prompt
+        if micro_batch_size is not None and micro_batch_size % group:
+            raise RecipeError("model.init_args.micro_batch_size",
+                              f"{micro_batch_size} rows do not hold whole groups of {group} samples per prompt",
+                              f"use a multiple of {group} (samples_per_prompt of {type(objective).__name__})")
         self.policy_config = policy
         self.reference_config = reference
+        self.critic_config = critic
+        self.critic_lr = critic_lr
         self.objective = objective
         self.reward = reward
         self.lr = lr
@@ -86,6 +99,7 @@ class RLHFModule(LightningModule):
         self.micro_batch_size = micro_batch_size
         self.policy: Optional[nn.Module] = None
         self.reference: Optional[nn.Module] = None
+        self.critic: Optional[nn.Module] = None
         self.tokenizer = None
         self.summary: dict[str, Any] = {}
         self._samples_generated = 0
@@ -107,12 +121,26 @@ class RLHFModule(LightningModule):
                 path=self.policy_config.path, dtype=self.policy_config.dtype,
                 trust_remote_code=self.policy_config.trust_remote_code)
             self.reference = freeze(load_causal_lm(ref_config, "model.init_args.reference"))
+        if self.objective.needs_critic:
+            self.critic = load_value_model(self._critic_config(), "model.init_args.critic")
+            disable_dropout(self.critic)
+            self.critic.train()
         if self.objective.needs_rollout:
             if self.reward is None:
                 raise RecipeError("model.init_args.reward",
                                   f"objective {type(self.objective).__name__} learns from rewards, but no reward source is set",
                                   "set model.init_args.reward, e.g. class_path: rlhf_lightning.rewards.RewardModel")
             self.reward.setup(self.trainer.strategy.root_device if self._trainer else torch.device("cpu"))
+
+    def _critic_config(self) -> ModelConfig:
+        if self.critic_config is not None:
+            return self.critic_config
+        if isinstance(self.reward, RewardModel):
+            return ModelConfig(path=self.reward.path, dtype=self.policy_config.dtype)
+        raise RecipeError("model.init_args.critic", f"objective {type(self.objective).__name__} needs a critic "
+                          "(value model), and none is set",
+                          "set model.init_args.critic.path to a reward-model or causal-LM directory "
+                          "(e.g. the policy's path), or use a RewardModel reward to start the critic from it")
 
     @property
     def _reference_is_disabled_adapter(self) -> bool:
@@ -155,6 +183,16 @@ class RLHFModule(LightningModule):
         with self._reference_model() as model:
             return response_logprobs(model, input_ids, attention_mask, prompt_length, temperature)[0]
 
+    def critic_values(self, input_ids: Tensor, attention_mask: Tensor, prompt_length: int) -> Tensor:
+        """Per-token critic values ``[N, R]`` of the response block (with grad when grad is enabled)."""
+        return token_values(self.critic, input_ids, attention_mask, prompt_length)
+
+    def reduce_sum(self, tensor: Tensor) -> Tensor:
+        """Sum over all processes (identity with one); objectives use it for global statistics."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return tensor
+        return self.trainer.strategy.reduce(tensor.clone(), reduce_op="sum")
+
     # ------------------------------------------------------------------ optimisation
     def _total_optimizer_steps(self) -> int:
         updates_per_batch = self.objective.inner_epochs * self.objective.num_minibatches
@@ -165,11 +203,15 @@ class RLHFModule(LightningModule):
     def configure_optimizers(self):
         from transformers import get_scheduler
 
-        params = [p for p in self.parameters() if p.requires_grad]
+        params = [p for p in self.policy.parameters() if p.requires_grad]
         if not params:
             raise RecipeError("model.init_args.policy", "the policy has no trainable parameters",
                               "check the LoRA target_modules")
-        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        groups = [{"params": params, "lr": self.lr}]
+        if self.critic is not None:
+            groups.append({"params": [p for p in self.critic.parameters() if p.requires_grad],
+                           "lr": self.critic_lr or self.lr})
+        optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
         total = max(1, self._total_optimizer_steps())
         name = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[self.lr_schedule]
         scheduler = get_scheduler(name, optimizer, num_warmup_steps=self.warmup_steps, num_training_steps=total)
@@ -180,9 +222,14 @@ class RLHFModule(LightningModule):
         chunks = minibatch.split(self.micro_batch_size) if self.micro_batch_size else [minibatch]
         metrics: dict[str, float] = defaultdict(float)
         for chunk in chunks:
-            logprobs, _ = self.policy_logprobs(chunk.input_ids, chunk.attention_mask, chunk.prompt_length,
-                                               chunk.temperature)
-            loss, chunk_metrics = self.objective.loss(logprobs, chunk)
+            logprobs, entropy = self.policy_logprobs(chunk.input_ids, chunk.attention_mask, chunk.prompt_length,
+                                                     chunk.temperature, with_entropy=self.objective.needs_entropy)
+            outputs = {}
+            if self.objective.needs_entropy:
+                outputs["entropy"] = entropy
+            if self.objective.needs_critic:
+                outputs["values"] = self.critic_values(chunk.input_ids, chunk.attention_mask, chunk.prompt_length)
+            loss, chunk_metrics = self.objective.loss(logprobs, chunk, **outputs)
             weight = len(chunk) / len(minibatch)
             self.manual_backward(loss * weight)
             for key, value in chunk_metrics.items():
@@ -196,6 +243,8 @@ class RLHFModule(LightningModule):
                               f"objective {type(self.objective).__name__} trains on rollouts, but the batch has none",
                               "add class_path: rlhf_lightning.callbacks.Rollout to trainer.callbacks")
         start = time.perf_counter()
+        with torch.no_grad():
+            rollout = self.objective.prepare(rollout, self.reduce_sum)  # advantages, pair selection, ...
         optimizer = self.optimizers()
         scheduler = self.lr_schedulers()
         totals: dict[str, float] = defaultdict(float)
@@ -217,6 +266,7 @@ class RLHFModule(LightningModule):
         self._busy_seconds += busy
         logged = {key: value / updates for key, value in totals.items()}
         logged.update(rollout.metrics)
+        logged["kl/coef"] = rollout.kl_coef
         logged["time/update_seconds"] = update_seconds
         logged["perf/samples_per_second"] = len(rollout) / max(busy, 1e-9)
         logged["train/lr"] = scheduler.get_last_lr()[0]

@@ -27,6 +27,13 @@ class RewardSource(ABC):
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
         """Rewards ``r(x, y)`` for each pair, shape ``[N]``."""
 
+    def score_groups(self, prompts: Sequence[str], responses: Sequence[str], group_size: int) -> torch.Tensor:
+        """Rewards for rows that come in groups of ``group_size`` responses to the same prompt.
+
+        Pointwise sources ignore the grouping; preference sources compare the responses of a group.
+        """
+        return self.score(prompts, responses)
+
 
 def import_object(dotted: str, field: str) -> object:
     """Import ``package.module.name``; a bad path is a :class:`RecipeError` naming ``field``."""

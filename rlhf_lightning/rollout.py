@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -25,6 +26,9 @@ class Rollout:
     shaped_rewards: Tensor  # [N] r̃(x, y) = r − γ·(ln π_t − ln π_ref)
     group_size: int  # samples per prompt
     temperature: float = 1.0  # sampling temperature; log-probs use logits / temperature
+    kl_coef: float = 0.0  # γ (β for PPO) used to shape the rewards
+    values: Optional[Tensor] = None  # [N, R] critic values V(x, y_<i) at rollout time (critic objectives)
+    extras: dict[str, Tensor] = field(default_factory=dict)  # per-row tensors an objective adds in prepare()
     metrics: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -39,14 +43,23 @@ class Rollout:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
+    def select_rows(self, rows: Tensor, group_size: Optional[int] = None) -> "Rollout":
+        """A rollout of the given rows (every per-row tensor and extra), e.g. to pick pairs out of groups."""
+        rows = rows.to(self.input_ids.device)
+        tensors = {f.name: getattr(self, f.name)[rows] for f in fields(self)
+                   if isinstance(getattr(self, f.name), Tensor)}
+        extras = {key: value[rows] for key, value in self.extras.items()}
+        return replace(self, **tensors, extras=extras, group_size=group_size or self.group_size, metrics={})
+
     def select_prompts(self, prompt_indices: Tensor) -> "Rollout":
         """Rows of the given prompts (whole groups, order kept inside each group)."""
         offsets = torch.arange(self.group_size, device=prompt_indices.device)
         rows = (prompt_indices[:, None] * self.group_size + offsets[None, :]).reshape(-1)
-        rows = rows.to(self.input_ids.device)
-        tensors = {f.name: getattr(self, f.name)[rows] for f in fields(self)
-                   if isinstance(getattr(self, f.name), Tensor)}
-        return replace(self, **tensors, metrics={})
+        return self.select_rows(rows)
+
+    def grouped(self, values: Tensor) -> Tensor:
+        """``[N, ...]`` per-row values as ``[num_prompts, group_size, ...]``."""
+        return values.view(self.num_prompts, self.group_size, *values.shape[1:])
 
     def minibatches(self, num_minibatches: int, generator: torch.Generator | None = None) -> list["Rollout"]:
         """Shuffle the prompts and split them into ``num_minibatches`` near-equal groups of whole prompts

@@ -279,17 +279,17 @@ def test_response_logprobs_with_temperature(model, temperature):
 
 def test_response_logprobs_with_entropy_shape_and_values(model):
     """with_entropy: ``[N, R]`` entropy equal to entropy_from_logits of the direct forward, zero on padding,
-    without grad; the log-probs keep grad."""
+    with grad when grad is enabled (for an entropy bonus), like the log-probs."""
     prompts, responses, row = LAYOUTS["padded both sides"]
     ids, mask, P = build(prompts, responses)
     R = ids.shape[1] - P
     logprobs, entropy = response_logprobs(model, ids, mask, P, temperature=0.8, with_entropy=True)
     assert entropy.shape == logprobs.shape == (3, R)
-    assert logprobs.requires_grad and not entropy.requires_grad
+    assert logprobs.requires_grad and entropy.requires_grad
     expected = entropy_from_logits(direct_logits(model, PROMPT, RESPONSE), temperature=0.8)
     assert torch.allclose(entropy[row, :len(RESPONSE)], expected, atol=1e-5)
     response_mask = mask[:, P:]
-    assert torch.equal(entropy[response_mask == 0], torch.zeros(int((response_mask == 0).sum())))
+    assert torch.equal(entropy.detach()[response_mask == 0], torch.zeros(int((response_mask == 0).sum())))
     assert bool((entropy[response_mask == 1] > 0).all())
     no_entropy = response_logprobs(model, ids, mask, P)[1]
     assert no_entropy is None

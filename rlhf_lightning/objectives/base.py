@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Callable
 
 from torch import Tensor, nn
 
@@ -27,7 +28,8 @@ class Objective(nn.Module, ABC):
     samples_per_prompt: int = 1
     needs_rollout: bool = True
     needs_reference: bool = True
-    needs_critic: bool = False
+    needs_critic: bool = False  # the module passes ``values`` [N, R] (with grad) to loss()
+    needs_entropy: bool = False  # the module passes ``entropy`` [N, R] (with grad) to loss()
 
     def __init__(self, inner_epochs: int = 1, num_minibatches: int = 1) -> None:
         super().__init__()
@@ -53,13 +55,23 @@ class Objective(nn.Module, ABC):
         """A :class:`RecipeError` for ``model.init_args.objective.init_args.<key>``."""
         return RecipeError(f"model.init_args.objective.init_args.{key}", problem, fix)
 
+    def prepare(self, rollout: Rollout, reduce_sum: Callable[[Tensor], Tensor]) -> Rollout:
+        """Once per rollout batch, before the inner epochs (no grad): compute advantages, pick pairs, ...
+
+        Per-row results go in ``rollout.extras`` so that minibatches carry them. ``reduce_sum`` sums a
+        tensor over all processes; use it for statistics that must be global (e.g. whitening).
+        """
+        return rollout
+
     @abstractmethod
-    def loss(self, logprobs: Tensor, rollout: Rollout) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(self, logprobs: Tensor, rollout: Rollout, **outputs: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Loss for one minibatch.
 
         Args:
             logprobs: ``[N, R]`` per-token ``ln π_θ`` of the rollout's responses (0 on padding), with grad.
-            rollout: the minibatch's rollout (old and reference log-probs, rewards, masks).
+            rollout: the minibatch's rollout (old and reference log-probs, rewards, masks, extras).
+            outputs: ``values`` and/or ``entropy`` (``[N, R]``, with grad) when the objective declares
+                ``needs_critic`` / ``needs_entropy``.
 
         Returns:
             The scalar loss and a dict of detached scalar metrics (names like ``loss/rebel``).

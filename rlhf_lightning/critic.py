@@ -1,0 +1,65 @@
+"""The critic of actor-critic objectives (PPO): a value model giving ``V`` at every response token."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from rlhf_lightning.errors import RecipeError
+from rlhf_lightning.logprobs import position_ids_from_mask
+from rlhf_lightning.models import ModelConfig, _torch_dtype, check_model_path
+
+
+def load_value_model(config: ModelConfig, field: str) -> nn.Module:
+    """A sequence-classification model with one output, used per token as a value function.
+
+    Pointing ``config.path`` at a reward model directory initialises the critic from the reward
+    model (its scalar head included), as in the REBEL paper's PPO set-up; pointing it at a causal-LM
+    directory gives the same body with a freshly initialised value head.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    check_model_path(config.path, f"{field}.path")
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            config.path, num_labels=1, dtype=_torch_dtype(config.dtype), trust_remote_code=config.trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise RecipeError(f"{field}.path", f"cannot load a value model from '{config.path}': {error}",
+                          "point it at a reward model or causal-LM directory") from None
+    if value_head(model) is None:
+        raise RecipeError(f"{field}.path", f"'{type(model).__name__}' has no 'score' or 'classifier' head",
+                          "use a model family with a sequence-classification head (Llama, GPT-NeoX, GPT-2, ...)")
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if config.lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
+                          target_modules=config.lora.target_modules, task_type="SEQ_CLS")
+        model = get_peft_model(model, lora)  # the value head stays fully trainable (modules_to_save)
+    return model
+
+
+def value_head(model: nn.Module) -> nn.Module | None:
+    """The scalar head of a sequence-classification model (``score`` or ``classifier``)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for name in ("score", "classifier"):
+        head = getattr(base, name, None)
+        if isinstance(head, nn.Module):
+            return head
+    return None
+
+
+def token_values(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, prompt_length: int) -> Tensor:
+    """``V(x, y_<i)`` for each response token ``i``, ``[N, R]``, zero on padding.
+
+    The value of token ``i`` is read at the position that predicts it (the last prompt token for
+    ``i = 0``), the same positions :func:`rlhf_lightning.logprobs.response_logprobs` uses.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone = getattr(base, base.base_model_prefix)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
+                      position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
+    response_width = input_ids.shape[1] - prompt_length
+    hidden = hidden[:, prompt_length - 1:prompt_length - 1 + response_width]  # [N, R, H]
+    values = value_head(model)(hidden).squeeze(-1).float()  # [N, R]
+    return values * attention_mask[:, prompt_length:].float()
