@@ -8,16 +8,22 @@ from typing import Sequence
 from rlhf_lightning.cli import RLHFCLI
 
 
+REBEL_ARGS = ("--model.objective", "rlhf_lightning.REBEL", "--model.objective.inner_epochs", "2")
+
+
 def tiny_run_args(model_dir: Path, data: dict, root: Path, *, batches: int = 8, lr: float = 3e-3,
-                  extra: Sequence[str] = ()) -> list[str]:
-    """Arguments for a REBEL run on the tiny model with the ``good`` word reward, CSV logging."""
+                  objective: Sequence[str] = REBEL_ARGS, extra: Sequence[str] = ()) -> list[str]:
+    """Arguments for a run on the tiny model with the ``good`` word reward, CSV logging.
+
+    ``objective`` holds the objective's arguments (REBEL with 2 inner epochs by default), e.g.
+    ``["--model.objective", "rlhf_lightning.objectives.rloo.RLOO", "--model.objective.k", "4"]``.
+    """
     return [
         "fit",
         "--seed_everything", "0",
         "--model", "rlhf_lightning.RLHFModule",
         "--model.policy.path", str(model_dir),
-        "--model.objective", "rlhf_lightning.REBEL",
-        "--model.objective.inner_epochs", "2",
+        *objective,
         "--model.reward", "rlhf_lightning.rewards.FunctionReward",
         "--model.reward.function", "tiny.good_word_reward",
         "--model.lr", str(lr),
