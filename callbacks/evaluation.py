@@ -143,6 +143,7 @@ class WinRateEvaluation(Callback):
         if ref_scores is not None:
             results["win_rate_vs_reference"] = win_rate(gathered[:, 0], gathered[:, 3])
             results["reference_reward"] = gathered[:, 3].mean().item()
+            results["sft_win_rate_vs_reference"] = win_rate(gathered[:, 1], gathered[:, 3])
         self._log(trainer, results, step)
         self._log_samples(trainer, prompts, policy_texts, sft_texts, rows, scores, sft_scores, step)
         self.history.append({"rollouts": step, "split": split, **results})
