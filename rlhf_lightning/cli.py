@@ -1,7 +1,13 @@
-"""Command line: ``rlhf-lightning run RECIPE.yaml [--key value ...]`` (a LightningCLI).
+"""Command line: ``rlhf-lightning run RECIPE.yaml [MORE.yaml ...] [--key value ...]`` (a LightningCLI).
 
-``run RECIPE`` is shorthand for ``fit --config RECIPE``; every LightningCLI subcommand and flag
-(``fit``, ``validate``, ``--print_config``, ``--help``) works as usual.
+``run A B`` is shorthand for ``fit --config A --config B`` (later files override earlier ones); the
+folder of every recipe goes on the import path. Every LightningCLI subcommand and flag (``fit``,
+``validate``, ``--print_config``, ``--help``) works as usual.
+
+Bad input (an unknown key, a wrong type, a missing model or data file, ...) ends in one message
+naming the recipe key and the fix, with exit code 2 and no traceback: parse errors of jsonargparse
+are translated by :func:`explain_parse_error`; :class:`RecipeError` raised by the library while the
+recipe is instantiated or trained is printed by :func:`main`.
 """
 
 from __future__ import annotations
@@ -24,11 +30,15 @@ from lightning.pytorch.cli import LightningCLI
 from rlhf_lightning.errors import RecipeError
 from rlhf_lightning.module import RLHFModule
 
-USAGE = """usage: rlhf-lightning run RECIPE.yaml [--section.key value ...]
+USAGE = """usage: rlhf-lightning run RECIPE.yaml [MORE.yaml ...] [--section.key value ...]
        rlhf-lightning {fit,validate,test} --config RECIPE.yaml [...]   (any LightningCLI command)
+
+Later recipes override earlier ones; each recipe's folder is put on the import path.
+Bad input ends in one message naming the recipe key and the fix (exit code 2).
 
 examples:
   rlhf-lightning run recipes/quickstart.yaml
+  rlhf-lightning run recipes/quickstart.yaml recipes/examples/pairwise_hinge.yaml
   rlhf-lightning run recipes/quickstart.yaml --seed_everything 3 --trainer.max_epochs 2
   rlhf-lightning fit --config recipes/quickstart.yaml --print_config
 """
@@ -77,6 +87,39 @@ class RLHFCLI(LightningCLI):
             if threads < 1:
                 raise RecipeError("cpu_threads", f"must be ≥ 1 or null, got {threads}")
             torch.set_num_threads(threads)
+        apply_output_defaults(config)
+
+
+
+def apply_output_defaults(config) -> None:
+    """Put every output of a run under ``trainer.default_root_dir``, by default ``runs/<recipe name>``.
+
+    Unset paths get defaults: the W&B/CSV/TensorBoard logger's ``save_dir`` and ``ModelCheckpoint``'s
+    ``dirpath`` (``<root>/checkpoints``). Explicit values are kept. Checkpoints are loaded with
+    ``weights_only=True`` unless the recipe says otherwise.
+    """
+    trainer = config.get("trainer")
+    if trainer is None:
+        return
+    if not trainer.get("default_root_dir"):
+        recipes = [str(path) for path in (config.get("config") or [])]
+        name = os.path.splitext(os.path.basename(recipes[-1]))[0] if recipes else "default"
+        trainer["default_root_dir"] = os.path.join("runs", name)
+    root = trainer["default_root_dir"]
+    loggers = trainer.get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        init_args = logger.get("init_args") if hasattr(logger, "get") else None
+        if init_args is not None and "save_dir" in init_args and init_args.get("save_dir") in (None, "", "."):
+            init_args["save_dir"] = root
+    for callback in trainer.get("callbacks") or []:
+        if not hasattr(callback, "get"):
+            continue
+        if str(callback.get("class_path", "")).endswith("ModelCheckpoint"):
+            init_args = callback.get("init_args")
+            if init_args is not None and not init_args.get("dirpath"):
+                init_args["dirpath"] = os.path.join(root, "checkpoints")
+    if "weights_only" in config and config.get("weights_only") is None:
+        config["weights_only"] = True
 
 
 # ----------------------------------------------------------------------------- parse errors
@@ -99,6 +142,7 @@ _PARSER_KEY = re.compile(r'^Parser key "([^"]+)":\s*(.*)$')
 _CLASS_PROBLEM = re.compile(r"^Problem with given class_path '([^']+)':\s*(.*)$")
 _OPTION = re.compile(r"^Option '([^']+)' is not accepted")
 _GROUP = re.compile(r"^Group '([^']+)' does not accept option '([^']+)'")
+_SUBCOMMAND = re.compile(r"^Subcommand '[^']+' does not accept option '([^']+)'")
 _EXPECTED = re.compile(r"^Expected an? (.+?)(?:\. Got value: (.*))?$")
 _UNRECOGNIZED = re.compile(r"^unrecognized arguments: (\S+)")
 _REQUIRED = re.compile(r"^the following arguments are required: (.+)$")
@@ -209,7 +253,10 @@ def _unknown_key(where: _Where, option: str, parser) -> RecipeError:
         valid = _valid_names(where, parser)
         child = where.child(part)
         if part not in valid or not valid:
-            owner = f" of {where.cls}" if where.cls else ""
+            if where.cls and not where.rel:
+                owner = f" (not an argument of {where.cls})"
+            else:
+                owner = f" in {where.name}" if where.key else " at the top level"
             return RecipeError(child.name, f"unknown key '{part}'{owner}", _suggest(part, valid))
         where = child
     return RecipeError(where.name, "this key is not accepted", HINT)
@@ -235,6 +282,8 @@ def _wrong_type(where: _Where, kind: str, got: str) -> RecipeError:
 
 def _leaf(text: str, kids: list, where: _Where, parser, given: Optional[str] = None) -> RecipeError:
     if m := _OPTION.match(text):
+        return _unknown_key(where, m.group(1), parser)
+    if m := _SUBCOMMAND.match(text):
         return _unknown_key(where, m.group(1), parser)
     if m := _GROUP.match(text):
         return _unknown_key(where, f"{m.group(1)}.{m.group(2)}", parser)
@@ -308,17 +357,59 @@ def _subcommand_parser(parser, args):
     return names.get(chosen or "fit", parser)
 
 
+def find_recipe_error(error: BaseException) -> Optional[RecipeError]:
+    """``error`` itself or the RecipeError it was raised from (``__cause__``/``__context__`` chain)."""
+    seen, todo = set(), [error]
+    while todo:
+        current = todo.pop(0)
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, RecipeError):
+            return current
+        todo += [current.__cause__, current.__context__]
+    return None
+
+
 def translate_args(argv: Sequence[str]) -> list[str]:
-    """``run RECIPE ...`` → ``fit --config RECIPE ...``; anything else is passed through."""
+    """``run R1.yaml [R2.yaml ...] [--key value ...]`` → ``fit --config R1.yaml --config R2.yaml ...``.
+
+    Later recipes override earlier ones. Anything not starting with ``run`` is passed through.
+    """
     argv = list(argv)
-    if argv and argv[0] == "run":
-        if len(argv) < 2 or argv[1].startswith("-"):
-            raise SystemExit(USAGE)
-        recipe = argv[1]
-        if not os.path.exists(recipe):
-            raise RecipeError("RECIPE", f"recipe file '{recipe}' does not exist", "see the recipes/ folder")
-        return ["fit", "--config", recipe, *argv[2:]]
-    return argv
+    if not argv or argv[0] != "run":
+        return argv
+    recipes = []
+    for arg in argv[1:]:
+        if arg.startswith("-"):
+            break
+        recipes.append(arg)
+    if not recipes:
+        print(USAGE, file=sys.stderr)
+        raise SystemExit(2)
+    for recipe in recipes:
+        if not os.path.isfile(recipe):
+            problem = "is a directory, not a recipe file" if os.path.isdir(recipe) else "does not exist"
+            raise RecipeError("RECIPE", f"recipe file '{recipe}' {problem}",
+                              "give the path of a recipe .yaml file, e.g. recipes/quickstart.yaml")
+    configs = [item for recipe in recipes for item in ("--config", recipe)]
+    return ["fit", *configs, *argv[1 + len(recipes):]]
+
+
+def recipe_dirs(args: Sequence[str]) -> list[str]:
+    """Folders of the ``--config`` files, so a module next to a recipe imports by its name."""
+    dirs = []
+    for i, arg in enumerate(args):
+        if arg in ("--config", "-c") and i + 1 < len(args):
+            path = args[i + 1]
+        elif arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        else:
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isfile(path) and folder not in dirs:
+            dirs.append(folder)
+    return dirs
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -331,14 +422,22 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             raise SystemExit(2)
     warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
     try:
-        RLHFCLI(args=translate_args(argv))
-    except RecipeError as error:
-        # also raised from Lightning hooks (configure_model, datamodule setup) inside trainer.fit:
-        # Lightning tears the run down and re-raises the same exception
-        print(f"rlhf-lightning: error in the recipe: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        args = translate_args(argv)
+        for folder in recipe_dirs(args):
+            if folder not in sys.path:
+                sys.path.append(folder)
+        RLHFCLI(args=args)
     except ArgumentError as error:  # a parser error not raised through RLHFCLI.parse_arguments
         print(f"rlhf-lightning: error in the recipe: {explain_parse_error(str(error))}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except Exception as error:
+        # A RecipeError arrives as is from Lightning hooks (configure_model, datamodule setup: Lightning
+        # tears the run down and re-raises it), but wrapped in a ValueError when a class's __init__
+        # raises it while jsonargparse instantiates the recipe: look for it along the exception chain.
+        recipe_error = find_recipe_error(error)
+        if recipe_error is None:
+            raise
+        print(f"rlhf-lightning: error in the recipe: {recipe_error}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

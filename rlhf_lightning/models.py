@@ -56,18 +56,30 @@ class ModelConfig:
     tokenizer: Optional[str] = None
 
 
-def _is_cached_hub_id(name: str) -> bool:
+def _is_cached_hub_id(name: str, filename: str = "config.json") -> bool:
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+        return isinstance(try_to_load_from_cache(name, filename), str)
     except Exception:
         return False
+
+
+def _first_line(error: Exception) -> str:
+    """The gist of a (often many-line) transformers error."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "config.json")
 
 
 def check_model_path(path: str, field: str) -> None:
     """A clear error when ``path`` is neither a model directory nor a locally cached hub id."""
     p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise RecipeError(field, f"'{path}' is a file, not a model directory",
+                          "point it to a directory written by save_pretrained()")
     if p.is_dir():
         if not (p / "config.json").exists():
             raise RecipeError(field, f"directory '{path}' has no config.json, so it is not a saved model",
@@ -85,10 +97,22 @@ def load_tokenizer(path: str, field: str, trust_remote_code: bool = False,
     """Load a tokenizer; a missing pad token is set to EOS with a warning."""
     from transformers import AutoTokenizer
 
+    p = Path(path)
+    if p.is_dir():
+        if not any((p / name).exists() for name in _TOKENIZER_FILES):
+            raise RecipeError(field, f"directory '{path}' holds no tokenizer or model (no {', '.join(_TOKENIZER_FILES)})",
+                              "point it to a directory written by save_pretrained() (model and tokenizer)")
+    elif p.exists():
+        raise RecipeError(field, f"'{path}' is a file, not a model or tokenizer directory",
+                          "point it to a directory written by save_pretrained()")
+    elif not any(_is_cached_hub_id(path, name) for name in _TOKENIZER_FILES[:2]):
+        raise RecipeError(field, f"path '{path}' does not exist",
+                          "give a local directory written by save_pretrained() (e.g. a downloaded Pythia "
+                          "checkpoint); nothing is downloaded at run time")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
-        raise RecipeError(field, f"cannot load a tokenizer from '{path}': {error}",
+        raise RecipeError(field, f"cannot load a tokenizer from '{path}': {_first_line(error)}",
                           "save the tokenizer with the model or set the tokenizer path") from None
     if tokenizer.eos_token_id is None:
         raise RecipeError(field, f"the tokenizer at '{path}' has no EOS token",
@@ -127,7 +151,7 @@ def load_causal_lm(config: ModelConfig, field: str) -> nn.Module:
     try:
         model = AutoModelForCausalLM.from_pretrained(config.path, **kwargs)
     except (OSError, ValueError) as error:
-        raise RecipeError(f"{field}.path", f"cannot load a causal LM from '{config.path}': {error}",
+        raise RecipeError(f"{field}.path", f"cannot load a causal LM from '{config.path}': {_first_line(error)}",
                           "check that the directory holds a causal language model") from None
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

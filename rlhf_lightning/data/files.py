@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Optional, Sequence
 
 from rlhf_lightning.errors import RecipeError
 
@@ -38,15 +39,30 @@ def read_records(path: str, field: str) -> list[dict]:
     raise RecipeError(field, f"unsupported data file type '{p.suffix}'", "use .jsonl, .json, .parquet or a dataset directory")
 
 
-def require_columns(records: list[dict], columns: Sequence[str], field: str, path: str) -> None:
-    """Every needed column must be present in the first row (and all rows)."""
+def require_columns(records: list[dict], columns: Sequence[str], field: str, path: str,
+                    options: Optional[Mapping[str, str]] = None) -> None:
+    """Every needed column must be present in the first row (and all rows).
+
+    ``options`` maps a column to the recipe key that names it (e.g. ``prompt`` →
+    ``data.init_args.prompt_column``), so the error can say which option to change.
+    """
     if not records:
         raise RecipeError(field, f"'{path}' has no rows", "give a non-empty data file")
+    if not isinstance(records[0], dict):
+        raise RecipeError(field, f"rows of '{path}' are {type(records[0]).__name__}, not objects with named columns",
+                          "write one JSON object per row, e.g. {\"prompt\": \"...\"}")
     missing = [c for c in columns if c not in records[0]]
     if missing:
-        present = ", ".join(sorted(records[0]))
+        present = ", ".join(sorted(records[0])) or "none"
+        named = [options[m] for m in missing if options and m in options]
+        fix = f"rename the column to '{missing[0]}' in the data"
+        fix += f", or set {named[0]} to the column that holds it" if named else \
+            ", or set the data module's *_column option"
+        close = difflib.get_close_matches(missing[0], list(records[0]), n=1)
+        if close:
+            fix = f"did you mean '{close[0]}'? " + fix
         raise RecipeError(field, f"'{path}' has no column {', '.join(repr(m) for m in missing)} (columns: {present})",
-                          "rename the column in the data or set the *_column option of the data module")
+                          fix)
     for index, row in enumerate(records):
         for column in columns:
             if column not in row or row[column] is None:

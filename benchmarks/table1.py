@@ -1,0 +1,160 @@
+"""A miniature of Table 1 of the REBEL paper on the embedded summarisation task.
+
+Every method trains from the same SFT warm start against the gold judge with the same budget of
+generated samples (per seed), then is evaluated on the 256 test prompts by the gold judge::
+
+    python benchmarks/table1.py                      # 9 methods × 3 seeds → benchmarks/results/
+    python benchmarks/table1.py --seeds 0 --methods rebel ppo
+
+Each run is its own process (``rlhf-lightning run recipes/<method>.yaml ...``), so ``peak_memory_mb``
+(CPU peak RSS, or CUDA peak allocation on a GPU) is per method. Writes ``table1.json`` (one row per
+method and seed), ``table1.md`` (mean ± spread over seeds) and ``reward_vs_kl.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = ("win_rate_vs_sft", "win_rate_vs_reference", "reward", "kl", "seconds_per_batch", "peak_memory_mb")
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    recipe: str
+    samples_per_prompt: int  # generated samples per prompt and rollout batch (0: offline)
+    args: tuple[str, ...] = field(default_factory=tuple)
+
+
+METHODS = {m.name: m for m in [
+    Method("sft", "", 0),
+    Method("dpo", "recipes/dpo.yaml", 0),
+    Method("online_dpo", "recipes/online_dpo.yaml", 2),
+    Method("reinforce", "recipes/reinforce.yaml", 1),
+    Method("rloo_k2", "recipes/rloo.yaml", 2, ("--model.init_args.objective.init_args.k", "2")),
+    Method("rloo_k4", "recipes/rloo.yaml", 4, ("--model.init_args.objective.init_args.k", "4")),
+    Method("ppo", "recipes/ppo.yaml", 1),
+    Method("grpo", "recipes/grpo.yaml", 4),
+    Method("rebel", "recipes/rebel.yaml", 2),
+]}
+
+
+def run_method(method: Method, seed: int, budget: int, prompts_per_batch: int, out: Path) -> dict:
+    """Train one method with ``budget`` generated samples; returns its summary.json."""
+    root = out / "runs" / method.name / f"seed{seed}"
+    args = [sys.executable, "-m", "rlhf_lightning.cli", "run", str(ROOT / method.recipe),
+            "--seed_everything", str(seed), "--trainer.default_root_dir", str(root),
+            "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+            "--data.init_args.batch_size", str(prompts_per_batch), *method.args]
+    if method.samples_per_prompt:
+        batches = max(1, budget // (prompts_per_batch * method.samples_per_prompt))
+        args += ["--trainer.limit_train_batches", str(batches)]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "WANDB_MODE": "offline"}
+    started = time.time()
+    result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{method.name} seed {seed} failed:\n{result.stderr[-4000:]}")
+    summary = json.loads((root / "summary.json").read_text())
+    print(f"  {method.name:<11} seed {seed}: win vs SFT {summary['win_rate_vs_sft']:.3f}, reward "
+          f"{summary['reward']:.3f}, KL {summary['kl']:.2f} ({time.time() - started:.0f} s)", flush=True)
+    return summary
+
+
+def sft_row(summary: dict, seed: int) -> dict:
+    """The SFT policy's own row, read from any trained run's evaluation of its reference policy."""
+    return {"method": "sft", "seed": seed, "win_rate_vs_sft": 0.5,
+            "win_rate_vs_reference": summary["sft_win_rate_vs_reference"], "reward": summary["sft_reward"],
+            "kl": 0.0, "seconds_per_batch": 0.0, "peak_memory_mb": None}
+
+
+def aggregate(rows: list[dict]) -> dict[str, dict[str, tuple[float, float]]]:
+    """Mean and spread (max − min over seeds, halved) per method and key."""
+    table: dict[str, dict[str, tuple[float, float]]] = {}
+    for name in dict.fromkeys(r["method"] for r in rows):
+        group = [r for r in rows if r["method"] == name]
+        table[name] = {}
+        for key in KEYS:
+            values = [r[key] for r in group if r[key] is not None]
+            if values:
+                table[name][key] = (statistics.fmean(values), (max(values) - min(values)) / 2)
+    return table
+
+
+def write_markdown(table: dict, path: Path, seeds: list[int], budget: int) -> None:
+    header = ("| method | win rate vs SFT | win rate vs reference | gold reward | KL to ref | s / rollout batch "
+              "| peak memory (MB) |")
+    lines = [f"Embedded summarisation task, {budget} generated samples per run, seeds {seeds}; "
+             "mean ± half-range over seeds.", "", header, "|" + "---|" * 7]
+    for name, stats in table.items():
+        cells = []
+        for key, digits in zip(KEYS, (3, 3, 3, 2, 3, 0)):
+            if key in stats:
+                mean, spread = stats[key]
+                cells.append(f"{mean:.{digits}f} ± {spread:.{digits}f}")
+            else:
+                cells.append("–")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(6, 4))
+    for name in dict.fromkeys(r["method"] for r in rows):
+        group = [r for r in rows if r["method"] == name]
+        axis.scatter([r["kl"] for r in group], [r["reward"] for r in group], label=name)
+    axis.set_xlabel("KL(π ‖ π_ref) on test prompts")
+    axis.set_ylabel("gold reward on test prompts")
+    axis.set_title("Reward vs KL (one point per seed)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--budget", type=int, default=1024, help="generated samples per run")
+    parser.add_argument("--prompts-per-batch", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    rows: list[dict] = []
+    for seed in args.seeds:
+        print(f"seed {seed}", flush=True)
+        summaries = {}
+        for name in args.methods:
+            if name == "sft":
+                continue
+            summary = run_method(METHODS[name], seed, args.budget, args.prompts_per_batch, args.out)
+            summaries[name] = summary
+            rows.append({"method": name, "seed": seed, **{k: summary.get(k) for k in KEYS}})
+        if "sft" in args.methods and summaries:
+            rows.insert(len(rows) - len(summaries), sft_row(next(iter(summaries.values())), seed))
+    order = {name: i for i, name in enumerate(METHODS)}
+    rows.sort(key=lambda r: (order[r["method"]], r["seed"]))
+    (args.out / "table1.json").write_text(json.dumps(rows, indent=2))
+    write_markdown(aggregate(rows), args.out / "table1.md", args.seeds, args.budget)
+    plot(rows, args.out / "reward_vs_kl.png")
+    print((args.out / "table1.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""Bad input ends in one clear message (the recipe key and the fix), exit code 2 and no traceback.
+
+Every case runs ``rlhf_lightning.cli.main`` in-process on the tiny model; one runs the installed
+``rlhf-lightning`` console script. Recipe-file cases write a YAML recipe (the way users give input);
+command-line cases use ``tests/runs.py::tiny_run_args``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlhf_lightning.cli import main
+from runs import tiny_run_args
+from tiny import make_model_dir
+
+TESTS = Path(__file__).parent
+
+
+def tiny_recipe(model_dir: Path, data: dict, root: Path) -> dict:
+    """A complete recipe for one rollout batch of REBEL on the tiny model (as a user would write it)."""
+    return {
+        "seed_everything": 0,
+        "trainer": {
+            "max_epochs": 1, "limit_train_batches": 1, "logger": False, "enable_checkpointing": False,
+            "enable_progress_bar": False, "enable_model_summary": False, "default_root_dir": str(root),
+            "callbacks": [{"class_path": "rlhf_lightning.callbacks.Rollout",
+                           "init_args": {"max_new_tokens": 6, "no_eos_reward": None}}],
+        },
+        "model": {
+            "class_path": "rlhf_lightning.RLHFModule",
+            "init_args": {
+                "policy": {"path": str(model_dir)},
+                "objective": {"class_path": "rlhf_lightning.REBEL", "init_args": {"inner_epochs": 1}},
+                "reward": {"class_path": "rlhf_lightning.rewards.FunctionReward",
+                           "init_args": {"function": "tiny.good_word_reward"}},
+                "lr": 0.003,
+            },
+        },
+        "data": {
+            "class_path": "rlhf_lightning.data.PromptDataModule",
+            "init_args": {"train_file": str(data["train"]), "tokenizer": str(model_dir), "batch_size": 8},
+        },
+    }
+
+
+def expect_error(args: list[str], capsys) -> str:
+    """Run ``main(args)``: it must exit with code 2 and one ``rlhf-lightning: error`` line, no traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert "Traceback" not in err, err
+    headlines = [line for line in err.splitlines() if line.startswith("rlhf-lightning: error")]
+    assert len(headlines) == 1, err
+    assert len(err[err.index(headlines[0]):].splitlines()) <= 3, err  # the message, its fix, nothing more
+    return err[err.index(headlines[0]):]
+
+
+def _set(recipe: dict, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    node = recipe
+    for key in parents:
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    node[last] = value
+
+
+def _rename(recipe: dict, dotted: str, new: str) -> None:
+    *parents, last = dotted.split(".")
+    node = recipe
+    for key in parents:
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    node[new] = node.pop(last)
+
+
+# (recipe change, key the message must name, text the problem or fix must contain)
+RECIPE_CASES = {
+    "unknown model key": (lambda r: _rename(r, "model.init_args.policy", "polcy"),
+                          "model.init_args.polcy:", "did you mean 'policy'?"),
+    "unknown trainer key": (lambda r: _set(r, "trainer.max_epoch", 3), "trainer.max_epoch:", "did you mean 'max_epochs'?"),
+    "unknown callback init arg": (lambda r: _set(r, "trainer.callbacks.0.init_args.max_new_token", 3),
+                                  "trainer.callbacks.init_args.max_new_token:", "did you mean 'max_new_tokens'?"),
+    "unknown objective init arg": (lambda r: _set(r, "model.init_args.objective.init_args.eta_", 1.0),
+                                   "model.init_args.objective.init_args.eta_:", "did you mean 'eta'?"),
+    "unknown nested key": (lambda r: _rename(r, "model.init_args.policy.path", "pth"),
+                           "model.init_args.policy.pth:", "did you mean 'path'?"),
+    "unknown top-level key": (lambda r: _rename(r, "model", "modle"), "modle:", "did you mean 'model'?"),
+    "misspelt class_path": (lambda r: _set(r, "model.init_args.objective.class_path", "rlhf_lightning.REBELL"),
+                            "model.init_args.objective.class_path:", "did you mean 'rlhf_lightning.REBEL'?"),
+    "wrong type float": (lambda r: _set(r, "model.init_args.lr", "abc"), "model.init_args.lr:", "expected float, got 'abc'"),
+    "wrong type int": (lambda r: _set(r, "data.init_args.batch_size", "x"),
+                       "data.init_args.batch_size:", "expected int, got 'x'"),
+    "wrong choice": (lambda r: _set(r, "model.init_args.policy.dtype", "fp32"),
+                     "model.init_args.policy.dtype:", "one of 'float32', 'bfloat16', 'float16'"),
+    "wrong trainer type": (lambda r: _set(r, "trainer.max_epochs", "two"), "trainer.max_epochs:", "expected int or null"),
+    "missing required key": (lambda r: _set(r, "model.init_args.policy", {"dtype": "float32"}),
+                             "model.init_args.policy.path:", "required"),
+    "invalid value from __init__": (lambda r: _set(r, "model.init_args.lr", -1.0), "model.init_args.lr:", "must be > 0"),
+}
+
+
+@pytest.mark.parametrize("case", list(RECIPE_CASES))
+def test_bad_recipe_file(case, tiny_model, tiny_data, tmp_path, capsys):
+    change, key, text = RECIPE_CASES[case]
+    recipe = copy.deepcopy(tiny_recipe(tiny_model, tiny_data, tmp_path))
+    change(recipe)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    message = expect_error(["run", str(path)], capsys)
+    assert message.startswith(f"rlhf-lightning: error in the recipe: {key}"), message
+    assert text in message, message
+
+
+# command-line overrides: (extra args, key, text)
+ARG_CASES = {
+    "--model.lr abc": (["--model.lr", "abc"], "model.init_args.lr:", "expected float, got 'abc'"),
+    "--data.batch_size x": (["--data.batch_size", "x"], "data.init_args.batch_size:", "expected int, got 'x'"),
+    "--model.polcy": (["--model.polcy", "x"], "model.init_args.polcy:", "did you mean 'policy'?"),
+    # abbreviations are off: argparse would otherwise expand this to --trainer.max_epochs silently
+    "--trainer.max_epoch": (["--trainer.max_epoch", "3"], "trainer.max_epoch:", "did you mean 'max_epochs'?"),
+    "--data.on_long_prompt skp": (["--data.on_long_prompt", "skp"], "data.init_args.on_long_prompt:", "'error', 'skip'"),
+}
+
+
+@pytest.mark.parametrize("case", list(ARG_CASES))
+def test_bad_command_line_value(case, tiny_model, tiny_data, tmp_path, capsys):
+    extra, key, text = ARG_CASES[case]
+    message = expect_error(tiny_run_args(tiny_model, tiny_data, tmp_path, batches=1, extra=extra), capsys)
+    assert message.startswith(f"rlhf-lightning: error in the recipe: {key}"), message
+    assert text in message, message
+
+
+def test_missing_recipe_file(capsys, tmp_path):
+    message = expect_error(["run", str(tmp_path / "missing.yaml")], capsys)
+    assert "missing.yaml' does not exist" in message
+
+
+def test_run_without_recipe_prints_usage(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run"])
+    assert exit_info.value.code == 2
+    assert "usage: rlhf-lightning run RECIPE.yaml" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ errors found while the run starts
+def test_model_path_does_not_exist(tiny_model, tiny_data, tmp_path, capsys):
+    missing = tmp_path / "no-such-model"
+    message = expect_error(tiny_run_args(tiny_model, tiny_data, tmp_path, batches=1,
+                                         extra=["--model.policy.path", str(missing)]), capsys)
+    assert message.startswith("rlhf-lightning: error in the recipe: model.init_args.policy.path:")
+    assert f"'{missing}' does not exist" in message and "fix:" in message
+
+
+@pytest.mark.parametrize("kind", ["empty directory", "data file", "tokenizer only"])
+def test_model_path_is_not_a_model(kind, tiny_model, tiny_data, tmp_path, capsys):
+    """A path that exists but is not a Hugging Face model directory."""
+    if kind == "empty directory":
+        path = tmp_path / "notes"
+        path.mkdir()
+        (path / "readme.txt").write_text("not a model")
+        problem = "holds no tokenizer or model"
+    elif kind == "data file":
+        path, problem = Path(tiny_data["train"]), "is a file, not a model"
+    else:
+        path = tmp_path / "tokenizer"
+        path.mkdir()
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            if (tiny_model / name).exists():
+                shutil.copy(tiny_model / name, path / name)
+        problem = "has no config.json, so it is not a saved model"
+    message = expect_error(tiny_run_args(tiny_model, tiny_data, tmp_path, batches=1,
+                                         extra=["--model.policy.path", str(path)]), capsys)
+    assert message.startswith("rlhf-lightning: error in the recipe: model.init_args.policy.path:"), message
+    assert problem in message, message
+
+
+def test_data_file_does_not_exist(tiny_model, tiny_data, tmp_path, capsys):
+    missing = tmp_path / "no-such-data.jsonl"
+    message = expect_error(tiny_run_args(tiny_model, tiny_data, tmp_path, batches=1,
+                                         extra=["--data.train_file", str(missing)]), capsys)
+    assert message.startswith("rlhf-lightning: error in the recipe: data.init_args.train_file:")
+    assert "does not exist" in message
+
+
+def test_data_without_prompt_column(tiny_model, tiny_data, tmp_path, capsys):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"text": "say : cat dog"}) + "\n" for _ in range(16)))
+    message = expect_error(tiny_run_args(tiny_model, tiny_data, tmp_path, batches=1,
+                                         extra=["--data.train_file", str(rows)]), capsys)
+    assert message.startswith("rlhf-lightning: error in the recipe: data.init_args.train_file:")
+    assert "has no column 'prompt' (columns: text)" in message
+    assert "set data.init_args.prompt_column to the column" in message  # the fix names the option
+
+
+def _with_long_prompts(tiny_data, tmp_path) -> Path:
+    """The tiny training prompts (4 tokens each) plus 8 prompts of 12 tokens."""
+    path = tmp_path / "mixed.jsonl"
+    long = json.dumps({"prompt": "say : " + " ".join(["cat", "dog"] * 5)}) + "\n"
+    path.write_text(Path(tiny_data["train"]).read_text() + long * 8)
+    return path
+
+
+def test_long_prompt_is_an_error_by_default(tiny_model, tiny_data, tmp_path, capsys):
+    extra = ["--data.train_file", str(_with_long_prompts(tiny_data, tmp_path)), "--data.max_prompt_length", "6"]
+    message = expect_error(tiny_run_args(tiny_model, tiny_data, tmp_path, batches=1, extra=extra), capsys)
+    assert message.startswith("rlhf-lightning: error in the recipe: data.init_args.max_prompt_length:")
+    assert "8 of 72 prompts" in message and "on_long_prompt: skip" in message
+
+
+def test_long_prompt_skipped_with_a_warning(tiny_model, tiny_data, tmp_path):
+    extra = ["--data.train_file", str(_with_long_prompts(tiny_data, tmp_path)), "--data.max_prompt_length", "6",
+             "--data.on_long_prompt", "skip"]
+    with pytest.warns(UserWarning, match="skipped 8 of 72 prompts longer than 6 tokens"):
+        main(tiny_run_args(tiny_model, tiny_data, tmp_path, batches=1, extra=extra))
+    assert (tmp_path / "summary.json").exists()
+
+
+def test_tokenizer_without_pad_token_uses_eos(tiny_data, tmp_path):
+    """No pad token: a warning (not an error), pad = EOS, and training runs."""
+    model = make_model_dir(tmp_path / "no-pad-model", with_pad=False)
+    with pytest.warns(UserWarning, match="has no pad token; using EOS"):
+        main(tiny_run_args(model, tiny_data, tmp_path / "run", batches=2))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["reward"] == summary["reward"]  # finite metrics were written after 2 batches
+
+
+# ------------------------------------------------------------------ the real console script
+def test_console_script_bad_recipe(tiny_model, tiny_data, tmp_path):
+    recipe = tiny_recipe(tiny_model, tiny_data, tmp_path)
+    _rename(recipe, "model.init_args.policy", "polcy")
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    script = shutil.which("rlhf-lightning", path=str(Path(sys.executable).parent)) or shutil.which("rlhf-lightning")
+    assert script, "the rlhf-lightning console script is not installed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS), "WANDB_MODE": "offline"}
+    result = subprocess.run([script, "run", str(path)], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "rlhf-lightning: error in the recipe: model.init_args.polcy: unknown key 'polcy'" in result.stderr
+    assert "did you mean 'policy'?" in result.stderr
+
+
+def test_unrecognised_parser_message_is_passed_on():
+    """A jsonargparse message this translation does not know still comes out whole, on one line."""
+    from rlhf_lightning.cli import explain_parse_error
+
+    error = explain_parse_error("Something new:\n  went wrong\n    somewhere")
+    assert error.field == "recipe"
+    assert error.problem == "Something new: went wrong somewhere"
