@@ -63,6 +63,13 @@ class WinRateEvaluation(Callback):
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        from rlhf_lightning.rewards import PreferenceSource
+
+        if isinstance(self.judge or pl_module.reward, PreferenceSource):
+            raise RecipeError("trainer.callbacks[WinRateEvaluation].init_args.judge",
+                              "the evaluation judge scores single responses, but the reward is a preference "
+                              "model (it only compares responses)",
+                              "set judge to a pointwise reward, e.g. class_path: rlhf_lightning.tasks.summarize.GoldJudge")
         if self.judge is not None:
             self.judge.setup(trainer.strategy.root_device)
 
@@ -192,7 +199,8 @@ def logger_step(trainer: Trainer) -> int:
 
 def trainer_collate(pl_module: LightningModule, rows: list[dict]) -> dict:
     """Left-padded prompt batch on the module's device, via the data module's collate."""
-    batch = pl_module.trainer.datamodule.collate(rows)
+    datamodule = pl_module.trainer.datamodule
+    batch = (datamodule.collate_prompts if hasattr(datamodule, "collate_prompts") else datamodule.collate)(rows)
     return {k: (v.to(pl_module.device) if isinstance(v, Tensor) else v) for k, v in batch.items()}
 
 

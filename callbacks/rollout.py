@@ -168,7 +168,7 @@ class Rollout(Callback):
             rewards = torch.where(has_eos, rewards, torch.full_like(rewards, self.no_eos_reward))
         mask = response_mask.float()
         sequence_kl = (old_logprobs - ref_logprobs).sum(-1)  # [N]
-        kl_coef = self.kl_coef
+        kl_coef = self.kl_coef if objective.kl_in_reward else 0.0
         shaped = kl_shaped_reward(rewards, old_logprobs.sum(-1), ref_logprobs.sum(-1), kl_coef)
         metrics = {
             "reward/raw": rewards.mean().item(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from rlhf_lightning.errors import RecipeError
@@ -63,3 +64,15 @@ def token_values(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, pr
     hidden = hidden[:, prompt_length - 1:prompt_length - 1 + response_width]  # [N, R, H]
     values = value_head(model)(hidden).squeeze(-1).float()  # [N, R]
     return values * attention_mask[:, prompt_length:].float()
+
+
+def sequence_scores(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, prompt_length: int) -> Tensor:
+    """A reward model's score of each prompt + response row, ``[N]``: the scalar head at the last real
+    token (the EOS of a right-padded response), as ``AutoModelForSequenceClassification`` pools."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone = getattr(base, base.base_model_prefix)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
+                      position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
+    last = attention_mask.shape[1] - 1 - attention_mask.flip(-1).long().argmax(-1)  # [N] last real position
+    pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # [N, H]
+    return value_head(model)(pooled).squeeze(-1).float()

@@ -96,3 +96,17 @@ def kl_per_token(logprobs: Tensor, ref_logprobs: Tensor, estimator: KLEstimator 
 def kl_shaped_reward(reward: Tensor, logprob_sum: Tensor, ref_logprob_sum: Tensor, kl_coef: float) -> Tensor:
     """Sequence-level shaping ``r̃ = r − γ·(ln π_t(y|x) − ln π_ref(y|x))``, all ``[N]``."""
     return reward - kl_coef * (logprob_sum - ref_logprob_sum)
+
+
+def sequence_nll(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """Language-modelling loss: mean token negative log-likelihood ``−(1/T)·Σ_t ln π(x_t | x_<t)``.
+
+    ``input_ids``/``attention_mask`` ``[N, L]`` (any padding side); every real token that follows a
+    real token is predicted, and the mean runs over all of them in the batch (0 for an empty batch).
+    Used for SFT and for InstructGPT's pretraining-mix (ptx) term; carries grad when grad is enabled.
+    """
+    logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                   position_ids=position_ids_from_mask(attention_mask), use_cache=False).logits
+    logprobs = token_logprobs_from_logits(logits[:, :-1], input_ids[:, 1:])  # [N, L−1] predicts x_1 … x_{L−1}
+    mask = (attention_mask[:, 1:] * attention_mask[:, :-1]).float()  # target and its context both real
+    return -masked_mean(logprobs, mask)

@@ -16,9 +16,11 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
-from rlhf_lightning.critic import load_value_model, token_values
+from rlhf_lightning.batches import SequenceBatch
+from rlhf_lightning.critic import load_value_model, sequence_scores, token_values
+from rlhf_lightning.reference_cache import ReferenceCache
 from rlhf_lightning.errors import RecipeError
-from rlhf_lightning.logprobs import response_logprobs
+from rlhf_lightning.logprobs import response_logprobs, sequence_nll
 from rlhf_lightning.models import (ModelConfig, disable_dropout, freeze, load_causal_lm, load_tokenizer,
                                    save_hf_directory)
 from rlhf_lightning.objectives.base import Objective
@@ -31,6 +33,15 @@ warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization")
 
 LRSchedule = Literal["constant", "linear", "cosine"]
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process: CUDA peak allocation on a GPU, else the CPU peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 class RLHFModule(LightningModule):
@@ -57,6 +68,8 @@ class RLHFModule(LightningModule):
         max_grad_norm: clip the gradient norm to this value (``null`` to disable).
         micro_batch_size: rows per forward/backward; a minibatch larger than this is split and its
             gradients accumulated (whole prompt groups are kept together).
+        precompute_reference: offline objectives: compute ``ln π_ref`` of every training row once before
+            training (then free the frozen reference copy) instead of a reference forward per batch.
     """
 
     def __init__(
@@ -73,6 +86,7 @@ class RLHFModule(LightningModule):
         warmup_steps: int = 0,
         max_grad_norm: Optional[float] = 1.0,
         micro_batch_size: Optional[int] = None,
+        precompute_reference: bool = False,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -97,12 +111,15 @@ class RLHFModule(LightningModule):
         self.warmup_steps = warmup_steps
         self.max_grad_norm = max_grad_norm
         self.micro_batch_size = micro_batch_size
+        self.precompute_reference = precompute_reference
+        self._reference_cache: Optional[ReferenceCache] = None
         self.policy: Optional[nn.Module] = None
         self.reference: Optional[nn.Module] = None
         self.critic: Optional[nn.Module] = None
         self.tokenizer = None
         self.summary: dict[str, Any] = {}
         self._samples_generated = 0
+        self._rollout_batches = 0
         self._busy_seconds = 0.0
         self._fit_started = 0.0
 
@@ -113,7 +130,12 @@ class RLHFModule(LightningModule):
         field = "model.init_args.policy"
         self.tokenizer = load_tokenizer(self.policy_config.tokenizer or self.policy_config.path,
                                         f"{field}.path", self.policy_config.trust_remote_code)
-        policy = load_causal_lm(self.policy_config, field)
+        if self.objective.policy_head == "scalar":  # a reward model: one output on the last token
+            policy = load_value_model(self.policy_config, field)
+            if policy.config.pad_token_id is None:
+                policy.config.pad_token_id = self.tokenizer.pad_token_id
+        else:
+            policy = load_causal_lm(self.policy_config, field)
         disable_dropout(policy)
         self.policy = policy.train()
         if self.objective.needs_reference and not self._reference_is_disabled_adapter:
@@ -217,31 +239,138 @@ class RLHFModule(LightningModule):
         scheduler = get_scheduler(name, optimizer, num_warmup_steps=self.warmup_steps, num_training_steps=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def _backward_minibatch(self, minibatch: Rollout) -> dict[str, float]:
-        """Forward/backward over one minibatch (split into micro-batches); returns its metrics."""
+    def _backward_minibatch(self, minibatch: Rollout, pretrain: Optional[dict] = None) -> dict[str, float]:
+        """Forward/backward over one minibatch (split into micro-batches); returns its metrics.
+
+        With ``pretrain`` (PPO-ptx), the policy's LM loss on that batch is added, × ``objective.ptx_coef``.
+        """
         chunks = minibatch.split(self.micro_batch_size) if self.micro_batch_size else [minibatch]
         metrics: dict[str, float] = defaultdict(float)
         for chunk in chunks:
-            logprobs, entropy = self.policy_logprobs(chunk.input_ids, chunk.attention_mask, chunk.prompt_length,
-                                                     chunk.temperature, with_entropy=self.objective.needs_entropy)
-            outputs = {}
-            if self.objective.needs_entropy:
-                outputs["entropy"] = entropy
-            if self.objective.needs_critic:
-                outputs["values"] = self.critic_values(chunk.input_ids, chunk.attention_mask, chunk.prompt_length)
+            logprobs, outputs = self._forward(chunk)
             loss, chunk_metrics = self.objective.loss(logprobs, chunk, **outputs)
-            weight = len(chunk) / len(minibatch)
+            weight = self.objective.chunk_weight(chunk, minibatch) if len(chunks) > 1 else 1.0
             self.manual_backward(loss * weight)
             for key, value in chunk_metrics.items():
                 metrics[key] += float(value) * weight
+        # ---- pretraining mix (InstructGPT PPO-ptx): + ptx_coef · token NLL on pretraining text ----
+        if pretrain is not None:
+            ptx = self._backward_ptx(pretrain)
+            metrics["loss/ptx"] = ptx
+            metrics["loss/total"] += self.objective.ptx_coef * ptx
+        # ---- end pretraining mix ----
         return metrics
 
-    def training_step(self, batch: dict, batch_idx: int) -> None:
+    def _forward(self, chunk: Any) -> tuple[Optional[Tensor], dict[str, Tensor]]:
+        """What the objective's loss needs for one chunk: policy log-probs (or reward-model scores),
+        entropy and critic values, all with grad."""
+        outputs: dict[str, Tensor] = {}
+        if self.objective.policy_head == "scalar":
+            outputs["scores"] = sequence_scores(self.policy, chunk.input_ids, chunk.attention_mask, chunk.prompt_length)
+            return None, outputs
+        logprobs, entropy = self.policy_logprobs(chunk.input_ids, chunk.attention_mask, chunk.prompt_length,
+                                                 getattr(chunk, "temperature", 1.0),
+                                                 with_entropy=self.objective.needs_entropy)
+        if self.objective.needs_entropy:
+            outputs["entropy"] = entropy
+        if self.objective.needs_critic:
+            outputs["values"] = self.critic_values(chunk.input_ids, chunk.attention_mask, chunk.prompt_length)
+        return logprobs, outputs
+
+    # ------------------------------------------------------------------ offline objectives
+    def _with_reference(self, batch: SequenceBatch) -> SequenceBatch:
+        """Fill ``batch.ref_logprobs`` (from the precomputed cache, or live) when the objective needs them."""
+        if not self.objective.needs_reference or batch.ref_logprobs is not None:
+            return batch
+        if self._reference_cache is not None:
+            batch.ref_logprobs = self._reference_cache.lookup(batch)
+        else:
+            batch.ref_logprobs = self.reference_logprobs(batch.input_ids, batch.attention_mask, batch.prompt_length)
+        return batch
+
+    def _offline_step(self, batch: SequenceBatch) -> None:
+        if not isinstance(batch, SequenceBatch):
+            raise RecipeError("data", f"objective {type(self.objective).__name__} trains on a data set of sequences, "
+                              "but the data module gives other batches",
+                              "use an SFT, preference or unpaired data module (rlhf_lightning.data)")
+        start = time.perf_counter()
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        metrics = self._backward_minibatch(self._with_reference(batch))
+        if self.max_grad_norm:
+            self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        seconds = time.perf_counter() - start
+        self._busy_seconds += seconds
+        self._samples_generated += len(batch)
+        self._rollout_batches += 1
+        metrics["train/lr"] = scheduler.get_last_lr()[0]
+        metrics["perf/samples_per_second"] = len(batch) / max(seconds, 1e-9)
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=batch.num_prompts,
+                      sync_dist=self.trainer.world_size > 1)
+
+    @torch.no_grad()
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        if self.objective.needs_rollout or not isinstance(batch, SequenceBatch):
+            return
+        logprobs, outputs = self._forward(self._with_reference(batch))
+        _, metrics = self.objective.loss(logprobs, batch, **outputs)
+        self.log_dict({f"val/{key}": float(value) for key, value in metrics.items()}, on_step=False, on_epoch=True,
+                      batch_size=batch.num_prompts, sync_dist=self.trainer.world_size > 1)
+
+    def on_validation_epoch_end(self) -> None:
+        for metric, key in self.objective.summary_metrics.items():
+            value = self.trainer.callback_metrics.get(f"val/{metric}")
+            if value is not None:
+                self.summary[key] = round(float(value), 4)
+
+    def on_train_start(self) -> None:
+        self._fit_started = time.perf_counter()
+        if self.precompute_reference and self.objective.needs_reference and not self.objective.needs_rollout:
+            self._reference_cache = ReferenceCache.build(self, self.trainer.datamodule)
+            if self.reference is not None:  # the frozen copy is no longer needed: free its memory
+                self.reference = None
+
+    def _backward_ptx(self, pretrain: dict) -> float:
+        """Backward of ``ptx_coef × (mean token NLL of the policy on the pretraining batch)``; returns the NLL.
+
+        Micro-batches are weighted by their share of predicted tokens, so the gradient is that of the
+        whole batch's token mean.
+        """
+        input_ids, attention_mask = pretrain["input_ids"], pretrain["attention_mask"]
+        size = self.micro_batch_size or len(input_ids)
+        targets = (attention_mask[:, 1:] * attention_mask[:, :-1]).sum(-1).float()  # predicted tokens per row
+        total_targets = targets.sum().clamp(min=1)
+        nll_total = 0.0
+        for start in range(0, len(input_ids), size):
+            rows = slice(start, start + size)
+            nll = sequence_nll(self.policy, input_ids[rows], attention_mask[rows])
+            weight = targets[rows].sum() / total_targets
+            self.manual_backward(self.objective.ptx_coef * nll * weight)
+            nll_total += float(nll.detach() * weight)
+        return nll_total
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        if not self.objective.needs_rollout:
+            return self._offline_step(batch)
         rollout = batch.get("rollout") if isinstance(batch, dict) else None
         if rollout is None:
             raise RecipeError("trainer.callbacks",
                               f"objective {type(self.objective).__name__} trains on rollouts, but the batch has none",
                               "add class_path: rlhf_lightning.callbacks.Rollout to trainer.callbacks")
+        # ---- pretraining mix (PPO-ptx): the data module attaches batch["pretrain"] ----
+        pretrain = None
+        if getattr(self.objective, "ptx_coef", 0.0) > 0:
+            pretrain = batch.get("pretrain")
+            if pretrain is None:
+                raise RecipeError("data.init_args.pretrain_file",
+                                  f"objective {type(self.objective).__name__} has ptx_coef = "
+                                  f"{self.objective.ptx_coef} (a pretraining LM loss), but the training batches "
+                                  "carry no pretraining text",
+                                  "set data.init_args.pretrain_file to a file of pretraining/SFT text "
+                                  "(column data.init_args.pretrain_column), or set ptx_coef to 0")
+        # ---- end pretraining mix ----
         start = time.perf_counter()
         with torch.no_grad():
             rollout = self.objective.prepare(rollout, self.reduce_sum)  # advantages, pair selection, ...
@@ -251,7 +380,7 @@ class RLHFModule(LightningModule):
         updates = 0
         for _ in range(self.objective.inner_epochs):
             for minibatch in rollout.minibatches(self.objective.num_minibatches):
-                for key, value in self._backward_minibatch(minibatch).items():
+                for key, value in self._backward_minibatch(minibatch, pretrain).items():
                     totals[key] += value
                 if self.max_grad_norm:
                     self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm,
@@ -263,6 +392,7 @@ class RLHFModule(LightningModule):
         update_seconds = time.perf_counter() - start
         busy = update_seconds + rollout.metrics.get("time/rollout_seconds", 0.0)
         self._samples_generated += len(rollout)
+        self._rollout_batches += 1
         self._busy_seconds += busy
         logged = {key: value / updates for key, value in totals.items()}
         logged.update(rollout.metrics)
@@ -277,13 +407,13 @@ class RLHFModule(LightningModule):
                  batch_size=rollout.num_prompts, logger=False)
 
     # ------------------------------------------------------------------ run bookkeeping
-    def on_train_start(self) -> None:
-        self._fit_started = time.perf_counter()
-
     def on_train_end(self) -> None:
         self.summary["train_seconds"] = round(time.perf_counter() - self._fit_started, 2)
         self.summary["samples_per_second"] = round(self._samples_generated / max(self._busy_seconds, 1e-9), 2)
         self.summary["samples_generated"] = self._samples_generated
+        self.summary["rollout_batches"] = self._rollout_batches
+        self.summary["seconds_per_batch"] = round(self._busy_seconds / max(self._rollout_batches, 1), 4)
+        self.summary["peak_memory_mb"] = round(peak_memory_mb(self.device), 1)
 
     def on_fit_end(self) -> None:
         if self.trainer.is_global_zero:

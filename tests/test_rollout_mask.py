@@ -138,7 +138,7 @@ def test_minibatches_keep_groups_and_cover_every_row_once(num_prompts, group_siz
         for part in parts:
             assert len(part) > 0
             seen += assert_whole_groups(part, rollout)
-            assert part.metrics == {}
+            assert part.metrics == rollout.metrics and part.metrics is not rollout.metrics
         assert sorted(seen) == list(range(num_prompts))
 
 

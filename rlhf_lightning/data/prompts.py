@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from typing import Iterator, Literal, Optional
 
+import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -54,6 +55,36 @@ class ResumableShuffleSampler(Sampler[int]):
         return iter(order[skip:])
 
 
+class PretrainStream:
+    """A seeded, endless stream of row indices for the pretraining mix, independent of the prompt order.
+
+    Draw ``k`` of rank ``r`` takes ``batch_size`` consecutive entries, starting at
+    ``(k·world_size + r)·batch_size``, of the concatenation of seeded permutations of the rows (one new
+    permutation per pass), so ranks draw disjoint rows and a run resumes exactly from the draw count.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.draws = 0
+        self._permutation: tuple[int, list[int]] = (-1, [])
+
+    def _order(self, cycle: int) -> list[int]:
+        if self._permutation[0] != cycle:
+            # seeded apart from the prompt sampler (seed + epoch), so that the two orders are independent
+            key = np.random.SeedSequence([self.seed % 2**63, cycle, 0x5EED]).generate_state(1, np.uint64)[0]
+            generator = torch.Generator().manual_seed(int(key) % 2**63)
+            self._permutation = (cycle, torch.randperm(self.size, generator=generator).tolist())
+        return self._permutation[1]
+
+    def next(self) -> list[int]:
+        """Row indices of the next draw (advances the stream)."""
+        start = (self.draws * self.world_size + self.rank) * self.batch_size
+        self.draws += 1
+        return [self._order(position // self.size)[position % self.size]
+                for position in range(start, start + self.batch_size)]
+
+
 class _Records(Dataset):
     def __init__(self, rows: list[dict]) -> None:
         self.rows = rows
@@ -80,16 +111,35 @@ class PromptDataModule(LightningDataModule):
         on_long_prompt: ``error`` (default) or ``skip`` (counted and reported).
         shuffle: shuffle training prompts each epoch (seeded by ``seed``).
         seed: shuffling seed.
+        pretrain_file: pretraining / SFT text for the pretraining mix of PPO-ptx (InstructGPT): when set,
+            every training batch also carries ``batch["pretrain"]`` (``input_ids``, ``attention_mask``,
+            right-padded), drawn from a seeded stream independent of the prompt order (resumable);
+            used when the objective's ``ptx_coef`` > 0.
+        pretrain_column: column of ``pretrain_file`` with the text.
+        pretrain_max_length: pretraining texts are cut to this many tokens (EOS appended first).
+        pretrain_batch_size: texts per training batch (default: ``batch_size``).
     """
 
     def __init__(self, train_file: str, tokenizer: str, validation_file: Optional[str] = None,
                  test_file: Optional[str] = None, prompt_column: str = "prompt",
                  reference_column: Optional[str] = "reference", batch_size: int = 32,
                  max_prompt_length: int = 512, on_long_prompt: Literal["error", "skip"] = "error",
-                 shuffle: bool = True, seed: int = 0) -> None:
+                 shuffle: bool = True, seed: int = 0, pretrain_file: Optional[str] = None,
+                 pretrain_column: str = "text", pretrain_max_length: int = 512,
+                 pretrain_batch_size: Optional[int] = None) -> None:
         super().__init__()
         if batch_size < 1:
             raise RecipeError("data.init_args.batch_size", f"must be ≥ 1, got {batch_size}")
+        if pretrain_max_length < 2:
+            raise RecipeError("data.init_args.pretrain_max_length", f"must be ≥ 2, got {pretrain_max_length}")
+        if pretrain_batch_size is not None and pretrain_batch_size < 1:
+            raise RecipeError("data.init_args.pretrain_batch_size", f"must be ≥ 1 or null, got {pretrain_batch_size}")
+        self.pretrain_file, self.pretrain_column = pretrain_file, pretrain_column
+        self.pretrain_max_length = pretrain_max_length
+        self.pretrain_batch_size = pretrain_batch_size or batch_size
+        self.pretrain_rows: list[list[int]] = []
+        self._pretrain_stream: Optional[PretrainStream] = None
+        self._pretrain_resume_draws = 0
         self.train_file, self.validation_file, self.test_file = train_file, validation_file, test_file
         self.tokenizer_path = tokenizer
         self.prompt_column, self.reference_column = prompt_column, reference_column
@@ -110,17 +160,34 @@ class PromptDataModule(LightningDataModule):
         for split, path in files.items():
             if path is not None:
                 self.splits[split] = self._load_split(split, path)
+        if self.pretrain_file is not None:
+            self.pretrain_rows = self._load_pretrain(self.pretrain_file)
+
+    def _load_pretrain(self, path: str) -> list[list[int]]:
+        field = "data.init_args.pretrain_file"
+        records = read_records(path, field)
+        require_columns(records, [self.pretrain_column], field, path,
+                        options={self.pretrain_column: "data.init_args.pretrain_column"})
+        eos = [self.tokenizer.eos_token_id]
+        rows = [(self.tokenizer(record[self.pretrain_column], add_special_tokens=True)["input_ids"] + eos)
+                [:self.pretrain_max_length] for record in records]
+        rows = [ids for ids in rows if len(ids) >= 2]  # one token predicts nothing
+        if not rows:
+            raise RecipeError(field, f"no text of two or more tokens in '{path}'", "check pretrain_column and the data")
+        return rows
 
     def _load_split(self, split: str, path: str) -> list[dict]:
         field = f"data.init_args.{split}_file"
         records = read_records(path, field)
         needed = [self.prompt_column] + ([self.reference_column] if self.reference_column and split != "train" else [])
-        require_columns(records, needed, field, path)
-        rows, too_long = [], 0
-        for record in records:
+        require_columns(records, needed, field, path, options={self.prompt_column: "data.init_args.prompt_column",
+                                                               self.reference_column: "data.init_args.reference_column"})
+        rows, too_long, first_long = [], 0, None
+        for index, record in enumerate(records):
             ids = self.tokenizer(record[self.prompt_column], add_special_tokens=True)["input_ids"]
             if len(ids) > self.max_prompt_length:
                 too_long += 1
+                first_long = first_long or (index, len(ids))
                 continue
             row = {"prompt": record[self.prompt_column], "input_ids": ids}
             if self.reference_column and self.reference_column in record:
@@ -129,7 +196,8 @@ class PromptDataModule(LightningDataModule):
         if too_long and self.on_long_prompt == "error":
             raise RecipeError("data.init_args.max_prompt_length",
                               f"{too_long} of {len(records)} prompts in '{path}' are longer than "
-                              f"{self.max_prompt_length} tokens",
+                              f"{self.max_prompt_length} tokens (the first is row {first_long[0]}, "
+                              f"{first_long[1]} tokens)",
                               "raise max_prompt_length (within the model's context) or set on_long_prompt: skip")
         if too_long:
             warnings.warn(f"{split}: skipped {too_long} of {len(records)} prompts longer than "
@@ -153,6 +221,39 @@ class PromptDataModule(LightningDataModule):
             batch["reference"] = [r["reference"] for r in rows]
         return batch
 
+    def collate_pretrain(self, rows: list[list[int]]) -> dict:
+        """Right-pad token lists: ``input_ids``/``attention_mask`` ``[B, L]``."""
+        width = max(len(ids) for ids in rows)
+        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, ids in enumerate(rows):
+            input_ids[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[i, :len(ids)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def pretrain_stream(self) -> Optional[PretrainStream]:
+        """The stream of pretraining rows (``None`` without ``pretrain_file``)."""
+        if self.pretrain_file is None:
+            return None
+        if self._pretrain_stream is None:
+            rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+            self._pretrain_stream = PretrainStream(len(self.pretrain_rows), self.pretrain_batch_size, self.seed,
+                                                   rank, world)
+            self._pretrain_stream.draws = self._pretrain_resume_draws
+        return self._pretrain_stream
+
+    def next_pretrain_batch(self) -> dict:
+        """The next pretraining batch of the stream (right-padded ``input_ids``/``attention_mask``)."""
+        return self.collate_pretrain([self.pretrain_rows[i] for i in self.pretrain_stream().next()])
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        # attached here, not in the collate, so that only batches the loop trains on draw from the stream
+        # (Lightning's fetcher reads one batch ahead) and the draw count in checkpoints is exact
+        if (self.pretrain_file is not None and self.trainer is not None and self.trainer.training
+                and isinstance(batch, dict)):
+            batch["pretrain"] = self.next_pretrain_batch()
+        return batch
+
     def train_dataloader(self) -> DataLoader:
         rows = self.splits["train"]
         if self._train_loader is None:
@@ -170,14 +271,22 @@ class PromptDataModule(LightningDataModule):
 
     def state_dict(self) -> dict:
         """Where training is in the prompt stream (saved in checkpoints): epoch and batches trained on."""
-        if self.trainer is None:
-            return {}
-        loop = self.trainer.fit_loop
-        return {"epoch": self.trainer.current_epoch,
-                "batches": loop.epoch_loop.batch_progress.current.processed}
+        state = {}
+        if self.trainer is not None:
+            loop = self.trainer.fit_loop
+            state = {"epoch": self.trainer.current_epoch,
+                     "batches": loop.epoch_loop.batch_progress.current.processed}
+        if self.pretrain_file is not None:
+            state["pretrain_draws"] = (self._pretrain_stream.draws if self._pretrain_stream is not None
+                                       else self._pretrain_resume_draws)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
-        if state:
+        if "pretrain_draws" in state:  # where the pretraining stream was (applied when the stream starts)
+            self._pretrain_resume_draws = state["pretrain_draws"]
+            if self._pretrain_stream is not None:
+                self._pretrain_stream.draws = state["pretrain_draws"]
+        if "epoch" in state:
             self._resume_state = dict(state)
             if self._train_loader is not None:
                 self._train_loader.sampler.resume_at(state["epoch"], state["batches"] * self.batch_size)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Literal
 
 from torch import Tensor, nn
 
 from rlhf_lightning.errors import RecipeError
 from rlhf_lightning.rollout import Rollout
+
+if TYPE_CHECKING:
+    from rlhf_lightning.batches import GroupedRows
 
 
 class Objective(nn.Module, ABC):
@@ -26,10 +29,13 @@ class Objective(nn.Module, ABC):
     """
 
     samples_per_prompt: int = 1
-    needs_rollout: bool = True
+    needs_rollout: bool = True  # False: an offline objective, trained on SequenceBatch batches of a data set
+    policy_head: Literal["causal_lm", "scalar"] = "causal_lm"  # scalar: a reward model, loss() gets ``scores``
     needs_reference: bool = True
     needs_critic: bool = False  # the module passes ``values`` [N, R] (with grad) to loss()
     needs_entropy: bool = False  # the module passes ``entropy`` [N, R] (with grad) to loss()
+    kl_in_reward: bool = True  # False (GRPO): the rollout does not shape rewards with γ (the KL is in the loss)
+    summary_metrics: dict[str, str] = {}  # validation metric → summary.json key, e.g. {"rm/accuracy": "rm_accuracy"}
 
     def __init__(self, inner_epochs: int = 1, num_minibatches: int = 1) -> None:
         super().__init__()
@@ -54,6 +60,15 @@ class Objective(nn.Module, ABC):
     def field_error(key: str, problem: str, fix: str = "") -> RecipeError:
         """A :class:`RecipeError` for ``model.init_args.objective.init_args.<key>``."""
         return RecipeError(f"model.init_args.objective.init_args.{key}", problem, fix)
+
+    def chunk_weight(self, chunk: "GroupedRows", whole: "GroupedRows") -> float:
+        """Weight of a micro-batch's loss when the module splits a minibatch to save memory.
+
+        The weighted sum of the chunks' losses must equal the whole minibatch's loss: the row share
+        (the default) is exact for means over rows or groups; a loss averaged over tokens, or over a
+        data-dependent subset of pairs, overrides this (e.g. with the share of response tokens).
+        """
+        return len(chunk) / len(whole)
 
     def prepare(self, rollout: Rollout, reduce_sum: Callable[[Tensor], Tensor]) -> Rollout:
         """Once per rollout batch, before the inner epochs (no grad): compute advantages, pick pairs, ...

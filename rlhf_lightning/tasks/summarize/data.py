@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
+from rlhf_lightning.data.offline import PreferenceDataModule, SFTDataModule, UnpairedDataModule
 from rlhf_lightning.data.prompts import PromptDataModule
 from rlhf_lightning.tasks.summarize.build import TaskFiles, build_task
 
@@ -46,3 +47,98 @@ class SummarizeTask(PromptDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         self.prepare_data()  # no-op when built; covers processes on nodes where prepare_data did not run
         super().setup(stage)
+
+
+class _EmbeddedOffline:
+    """Builds the task (and its preference set) in ``prepare_data`` before the files are read."""
+
+    root: Path
+    task_seed: int
+    sft_steps: int
+    label_noise: Optional[float] = None
+    preference_seed: int = 0
+
+    def prepare_data(self) -> None:
+        build_task(self.root, self.task_seed, sft_steps=self.sft_steps)
+        if self.label_noise is not None:
+            from rlhf_lightning.tasks.summarize.preferences import preference_files
+
+            preference_files(self.root, self.label_noise, self.preference_seed, task_seed=self.task_seed,
+                             task_options={"sft_steps": self.sft_steps})
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        self.prepare_data()  # no-op when built
+        super().setup(stage)
+
+
+class SummarizeSFTData(_EmbeddedOffline, SFTDataModule):
+    """SFT on the embedded task's reference summaries (prompt → ``reference``), tokenizer of the task.
+
+    Args:
+        root: cache directory of the built task.
+        task_seed: seed of the task build.
+        sft_steps: SFT steps of the task's own warm-start model (part of the task build).
+        batch_size: rows per batch.
+        max_response_length: responses longer than this many tokens are skipped.
+        shuffle: shuffle training rows each epoch.
+        seed: shuffling seed.
+    """
+
+    def __init__(self, root: str = "runs/.cache/summarize", task_seed: int = 0, sft_steps: int = 1800,
+                 batch_size: int = 64, max_response_length: int = 32, shuffle: bool = True, seed: int = 0) -> None:
+        files = TaskFiles.at(root)
+        super().__init__(train_file=str(files.train), tokenizer=str(files.sft), response_column="reference",
+                         validation_file=str(files.validation), eval_prompt_file=str(files.test),
+                         batch_size=batch_size, max_prompt_length=64, max_response_length=max_response_length,
+                         shuffle=shuffle, seed=seed)
+        self.root, self.task_seed, self.sft_steps = Path(root), task_seed, sft_steps
+
+
+class SummarizePreferenceData(_EmbeddedOffline, PreferenceDataModule):
+    """Preference pairs of the embedded task: two SFT samples per prompt ranked by the gold judge, the
+    training labels flipped with probability ``label_noise`` (validation pairs are clean).
+
+    Args:
+        root: cache directory of the built task.
+        label_noise: share of training pairs whose label is flipped (noisy human labels).
+        preference_seed: seed of the preference set build.
+        task_seed: seed of the task build.
+        sft_steps: SFT steps of the task build.
+        batch_size: pairs per batch.
+        shuffle: shuffle training pairs each epoch.
+        seed: shuffling seed.
+    """
+
+    def __init__(self, root: str = "runs/.cache/summarize", label_noise: float = 0.1, preference_seed: int = 0,
+                 task_seed: int = 0, sft_steps: int = 1800, batch_size: int = 32, shuffle: bool = True,
+                 seed: int = 0) -> None:
+        from rlhf_lightning.tasks.summarize.preferences import preference_dir
+
+        files, folder = TaskFiles.at(root), preference_dir(root, label_noise, preference_seed)
+        super().__init__(train_file=str(folder / "train.jsonl"), tokenizer=str(files.sft),
+                         validation_file=str(folder / "validation.jsonl"), eval_prompt_file=str(files.test),
+                         batch_size=batch_size, max_prompt_length=64, max_response_length=32, shuffle=shuffle,
+                         seed=seed)
+        self.root, self.task_seed, self.sft_steps = Path(root), task_seed, sft_steps
+        self.label_noise, self.preference_seed = label_noise, preference_seed
+
+
+class SummarizeUnpairedData(_EmbeddedOffline, UnpairedDataModule):
+    """Unpaired (KTO) labels of the embedded task: each preference pair's chosen response is desirable,
+    the rejected one undesirable (training labels as noisy as the pairs').
+
+    Args: as :class:`SummarizePreferenceData`; ``batch_size`` counts rows.
+    """
+
+    def __init__(self, root: str = "runs/.cache/summarize", label_noise: float = 0.1, preference_seed: int = 0,
+                 task_seed: int = 0, sft_steps: int = 1800, batch_size: int = 32, shuffle: bool = True,
+                 seed: int = 0) -> None:
+        from rlhf_lightning.tasks.summarize.preferences import preference_dir
+
+        files, folder = TaskFiles.at(root), preference_dir(root, label_noise, preference_seed)
+        super().__init__(train_file=str(folder / "train_unpaired.jsonl"), tokenizer=str(files.sft),
+                         validation_file=str(folder / "validation_unpaired.jsonl"), eval_prompt_file=str(files.test),
+                         batch_size=batch_size, max_prompt_length=64, max_response_length=32, shuffle=shuffle,
+                         seed=seed)
+        self.root, self.task_seed, self.sft_steps = Path(root), task_seed, sft_steps
+        self.label_noise, self.preference_seed = label_noise, preference_seed

@@ -8,7 +8,8 @@ from typing import Sequence
 
 import torch
 
-from rlhf_lightning.rewards import RewardSource
+from rlhf_lightning.errors import RecipeError
+from rlhf_lightning.rewards import PreferenceSource, RewardSource
 from rlhf_lightning.tasks.summarize.corpus import FILLERS, NOUNS, post_nouns, tokens
 
 JUDGE_SEED = 20240617
@@ -83,3 +84,31 @@ class GoldJudge(RewardSource):
         if len(prompts) != len(responses):
             raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
         return torch.tensor([gold_score(p, r) for p, r in zip(prompts, responses)], dtype=torch.float32)
+
+
+class GoldPreference(PreferenceSource):
+    """The task's gold judge as a preference model (for SPO-style preference rewards, REBEL paper App. C)::
+
+        P(a ≻ b | x) = σ((gold(x, a) − gold(x, b)) / τ)
+
+    with ``gold`` = :func:`gold_score` in (-2, 2). Exactly skew-symmetric (``P(a ≻ b) + P(b ≻ a) = 1``)
+    and transitive, so it is a check on the preference machinery rather than a source of intransitive
+    preferences. As a training reward each response gets its mean win probability against the other
+    samples of its prompt; evaluation still needs a pointwise judge (:class:`GoldJudge`).
+
+    Args:
+        temperature: τ > 0; smaller τ makes the preference closer to a hard comparison of gold scores.
+    """
+
+    def __init__(self, temperature: float = 0.25) -> None:
+        if not temperature > 0:
+            raise RecipeError("model.init_args.reward.init_args.temperature", f"must be > 0, got {temperature}")
+        self.temperature = temperature
+
+    def preference(self, prompts: Sequence[str], responses_a: Sequence[str],
+                   responses_b: Sequence[str]) -> torch.Tensor:
+        if not len(prompts) == len(responses_a) == len(responses_b):
+            raise ValueError(f"got {len(prompts)} prompts, {len(responses_a)} and {len(responses_b)} responses")
+        diff = torch.tensor([gold_score(x, a) - gold_score(x, b)
+                             for x, a, b in zip(prompts, responses_a, responses_b)], dtype=torch.float32)
+        return torch.sigmoid(diff / self.temperature)

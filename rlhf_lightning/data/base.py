@@ -1,0 +1,100 @@
+"""Pieces every data module shares: a resumable, seeded training loader and bad-row accounting."""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from typing import Callable, Literal, Optional
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from rlhf_lightning.errors import RecipeError
+
+OnBadRow = Literal["skip", "error"]
+
+
+class Records(Dataset):
+    """A list of already-encoded rows."""
+
+    def __init__(self, rows: list) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int):
+        return self.rows[index]
+
+
+class ResumableTrainLoader:
+    """Mixin for a ``LightningDataModule``: a seeded training loader whose position (epoch and batches
+    trained on) is saved in checkpoints, so that ``--ckpt_path`` resumes mid-epoch on the same rows.
+
+    The host sets ``self.batch_size``, ``self.shuffle`` and ``self.seed``, and calls
+    :meth:`resumable_loader` from ``train_dataloader``.
+    """
+
+    batch_size: int
+    shuffle: bool
+    seed: int
+    _train_loader: Optional[DataLoader] = None
+    _resume_state: Optional[dict] = None
+
+    def resumable_loader(self, rows: list, collate: Callable) -> DataLoader:
+        from rlhf_lightning.data.prompts import ResumableShuffleSampler
+
+        if self._train_loader is None:
+            trainer = getattr(self, "trainer", None)
+            rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+            sampler = ResumableShuffleSampler(len(rows), self.seed, self.shuffle, rank, world)
+            # a private generator: creating the iterator must not draw from the global RNG, or a resumed
+            # run would sample differently from the uninterrupted one
+            self._train_loader = DataLoader(Records(rows), batch_size=self.batch_size, sampler=sampler,
+                                            collate_fn=collate, drop_last=True,
+                                            generator=torch.Generator().manual_seed(self.seed))
+        if self._resume_state is not None:
+            state, self._resume_state = self._resume_state, None
+            self._train_loader.sampler.resume_at(state["epoch"], state["batches"] * self.batch_size)
+        return self._train_loader
+
+    def train_position(self) -> dict:
+        """Epoch and batches trained on (for ``state_dict``)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return {}
+        return {"epoch": trainer.current_epoch,
+                "batches": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+
+    def resume_train_position(self, state: dict) -> None:
+        """Apply a saved position (for ``load_state_dict``)."""
+        if "epoch" not in state:
+            return
+        self._resume_state = dict(state)
+        if self._train_loader is not None:
+            self._train_loader.sampler.resume_at(state["epoch"], state["batches"] * self.batch_size)
+            self._resume_state = None
+
+
+class BadRows:
+    """Counts rows rejected while encoding a split, by reason, and reports them once."""
+
+    def __init__(self, split: str, path: str, policy: OnBadRow, field: str) -> None:
+        self.split, self.path, self.policy, self.field = split, path, policy, field
+        self.counts: Counter[str] = Counter()
+        self.first: dict[str, int] = {}
+
+    def add(self, reason: str, index: int) -> None:
+        self.counts[reason] += 1
+        self.first.setdefault(reason, index)
+
+    def report(self, total: int) -> None:
+        """Raise (``on_bad_row: error``) or warn with the counts; silent when every row was good."""
+        if not self.counts:
+            return
+        details = "; ".join(f"{count} {reason} (first: row {self.first[reason]})" for reason, count in self.counts.items())
+        if self.policy == "error":
+            raise RecipeError(self.field, f"{sum(self.counts.values())} of {total} rows in '{self.path}' are unusable: "
+                                          f"{details}", "fix the data, raise the length limits, or set on_bad_row: skip")
+        warnings.warn(f"{self.split}: skipped {sum(self.counts.values())} of {total} rows of '{self.path}': {details}",
+                      stacklevel=3)

@@ -1,0 +1,326 @@
+"""Data modules of the offline objectives: SFT rows, preference pairs and unpaired (KTO) labels.
+
+Each reads local JSON / JSONL / Parquet files or a ``datasets`` directory written by
+``save_to_disk``, with configurable column names; prompts may be plain text or chat messages
+(the tokenizer's chat template is applied). Rows that cannot be used (empty response, prompt or
+response over its length limit) are counted and reported, then skipped or rejected per
+``on_bad_row``; a missing column is always an error. Batches are
+:class:`~rlhf_lightning.batches.SequenceBatch` objects: a left-padded prompt block followed by a
+right-padded response block (EOS appended), so the loss never sees prompt tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from rlhf_lightning.batches import SequenceBatch
+from rlhf_lightning.data.base import BadRows, OnBadRow, Records, ResumableTrainLoader
+from rlhf_lightning.data.encoding import encode_prompt, encode_response, pad_prompt_response, response_text
+from rlhf_lightning.data.files import read_records, require_columns
+from rlhf_lightning.errors import RecipeError
+from rlhf_lightning.models import load_tokenizer
+
+
+class OfflineDataModule(ResumableTrainLoader, LightningDataModule):
+    """Shared loading, encoding, bad-row accounting and loaders; subclasses define one row kind.
+
+    Args:
+        train_file: training data (.jsonl/.json/.parquet or a ``save_to_disk`` directory).
+        tokenizer: tokenizer directory (usually the policy's).
+        validation_file: held-out rows of the same kind (validation loss and metrics, e.g. RM accuracy).
+        eval_prompt_file: held-out prompts (with ``reference_column``) for ``WinRateEvaluation``.
+        prompt_column: column with the prompt (text, or a list of chat messages).
+        reference_column: column of ``eval_prompt_file`` with a reference response.
+        batch_size: rows (SFT, KTO) or pairs (preferences) per batch, per process.
+        max_prompt_length: prompts longer than this many tokens are bad rows.
+        max_response_length: responses longer than this many tokens (EOS included) are bad rows.
+        on_bad_row: ``skip`` (count, warn, drop) or ``error``.
+        shuffle: shuffle training rows each epoch (seeded).
+        seed: shuffling seed.
+    """
+
+    response_columns: tuple[str, ...] = ()
+
+    def __init__(self, train_file: str, tokenizer: str, validation_file: Optional[str] = None,
+                 eval_prompt_file: Optional[str] = None, prompt_column: str = "prompt",
+                 reference_column: str = "reference", batch_size: int = 16, max_prompt_length: int = 512,
+                 max_response_length: int = 512, on_bad_row: OnBadRow = "skip", shuffle: bool = True,
+                 seed: int = 0) -> None:
+        super().__init__()
+        errors = []
+        for key, value in (("batch_size", batch_size), ("max_prompt_length", max_prompt_length),
+                           ("max_response_length", max_response_length)):
+            if value < 1:
+                errors.append(RecipeError(f"data.init_args.{key}", f"must be ≥ 1, got {value}"))
+        if errors:
+            from rlhf_lightning.errors import raise_all
+
+            raise_all(errors)
+        self.train_file, self.validation_file, self.eval_prompt_file = train_file, validation_file, eval_prompt_file
+        self.tokenizer_path = tokenizer
+        self.prompt_column, self.reference_column = prompt_column, reference_column
+        self.batch_size = batch_size
+        self.max_prompt_length, self.max_response_length = max_prompt_length, max_response_length
+        self.on_bad_row = on_bad_row
+        self.shuffle, self.seed = shuffle, seed
+        self.tokenizer = None
+        self.splits: dict[str, list] = {}
+        self.eval_prompts: list[dict] = []
+        self._train_loader = None
+        self._resume_state = None
+
+    # ------------------------------------------------------------------ encoding (subclasses)
+    def columns(self) -> list[str]:
+        """Columns every row must have."""
+        raise NotImplementedError
+
+    def encode(self, record: dict, index: int) -> dict | str:
+        """The encoded row, or the reason the row is unusable."""
+        raise NotImplementedError
+
+    def collate(self, rows: list[dict]) -> SequenceBatch:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ shared helpers
+    def _prompt(self, record: dict) -> list[int] | str:
+        try:
+            ids = encode_prompt(self.tokenizer, record[self.prompt_column])
+        except ValueError as error:
+            raise RecipeError(f"data.init_args.prompt_column", str(error),
+                              "use a tokenizer with a chat template, or plain-text prompts") from None
+        if len(ids) > self.max_prompt_length:
+            return f"prompts longer than max_prompt_length={self.max_prompt_length}"
+        return ids
+
+    def _response(self, value: Any) -> list[int] | str:
+        if not response_text(value).strip():
+            return "empty responses"
+        ids = encode_response(self.tokenizer, value)
+        if len(ids) > self.max_response_length:
+            return f"responses longer than max_response_length={self.max_response_length}"
+        return ids
+
+    def _load_split(self, split: str, path: str) -> list[dict]:
+        field = f"data.init_args.{split}_file"
+        records = read_records(path, field)
+        options = {self.prompt_column: "data.init_args.prompt_column"}
+        options.update({getattr(self, f"{c}_column"): f"data.init_args.{c}_column" for c in self.response_columns})
+        require_columns(records, self.columns(), field, path, options=options)
+        bad = BadRows(split, path, self.on_bad_row, field)
+        rows = []
+        for index, record in enumerate(records):
+            row = self.encode(record, index)
+            if isinstance(row, str):
+                bad.add(row, index)
+            else:
+                rows.append(row)
+        bad.report(len(records))
+        if not rows:
+            raise RecipeError(field, f"no usable rows in '{path}'", "check the columns, the length limits and the data")
+        return rows
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.splits:
+            return
+        self.tokenizer = load_tokenizer(self.tokenizer_path, "data.init_args.tokenizer")
+        self.splits["train"] = self._load_split("train", self.train_file)
+        if self.validation_file:
+            self.splits["validation"] = self._load_split("validation", self.validation_file)
+        if self.eval_prompt_file:
+            self.eval_prompts = self._load_eval_prompts(self.eval_prompt_file)
+
+    def _load_eval_prompts(self, path: str) -> list[dict]:
+        field = "data.init_args.eval_prompt_file"
+        records = read_records(path, field)
+        require_columns(records, [self.prompt_column], field, path,
+                        options={self.prompt_column: "data.init_args.prompt_column"})
+        rows = []
+        for record in records:
+            ids = self._prompt(record)
+            if isinstance(ids, str):
+                continue
+            row = {"prompt": record[self.prompt_column], "input_ids": ids}
+            if self.reference_column in record:
+                row["reference"] = record[self.reference_column]
+            rows.append(row)
+        return rows
+
+    # ------------------------------------------------------------------ loaders and state
+    def train_dataloader(self) -> DataLoader:
+        return self.resumable_loader(self.splits["train"], self.collate)
+
+    def val_dataloader(self) -> DataLoader:
+        if "validation" not in self.splits:
+            return []
+        return DataLoader(Records(self.splits["validation"]), batch_size=self.batch_size, shuffle=False,
+                          collate_fn=self.collate)
+
+    def state_dict(self) -> dict:
+        return self.train_position()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.resume_train_position(state)
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
+        if isinstance(batch, SequenceBatch):
+            return batch.to(device)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    # ------------------------------------------------------------------ evaluation prompts
+    def eval_rows(self, split: str, limit: Optional[int] = None) -> list[dict]:
+        """Held-out prompts for ``WinRateEvaluation`` (any split name maps to ``eval_prompt_file``)."""
+        if not self.eval_prompts:
+            raise RecipeError("data.init_args.eval_prompt_file", "evaluation needs held-out prompts, none are set",
+                              "set data.init_args.eval_prompt_file (rows with the prompt and a reference response)")
+        return self.eval_prompts[:limit] if limit else self.eval_prompts
+
+    @property
+    def has_eval_split(self) -> bool:
+        return bool(self.eval_prompts)
+
+    def collate_prompts(self, rows: list[dict]) -> dict:
+        """Left-padded prompts for generation: ``input_ids``/``attention_mask`` ``[B, P]`` and the texts."""
+        input_ids, attention_mask, _ = pad_prompt_response([r["input_ids"] for r in rows], [[] for _ in rows],
+                                                           self.tokenizer.pad_token_id)
+        width = max(len(r["input_ids"]) for r in rows)
+        return {"input_ids": input_ids[:, :width], "attention_mask": attention_mask[:, :width],
+                "prompt": [r["prompt"] for r in rows]}
+
+
+class SFTDataModule(OfflineDataModule):
+    """Supervised fine-tuning rows: (prompt, response) columns, or one column of chat messages whose
+    last message is the assistant's response. The loss sees response tokens only.
+
+    Args:
+        response_column: column with the response (ignored with ``messages_column``).
+        messages_column: column holding a list of chat messages (the tokenizer's chat template is used).
+        (the others as in :class:`OfflineDataModule`)
+    """
+
+    response_columns = ("response",)
+
+    def __init__(self, train_file: str, tokenizer: str, response_column: str = "response",
+                 messages_column: Optional[str] = None, **kwargs: Any) -> None:
+        super().__init__(train_file, tokenizer, **kwargs)
+        self.response_column, self.messages_column = response_column, messages_column
+
+    def columns(self) -> list[str]:
+        return [self.messages_column] if self.messages_column else [self.prompt_column, self.response_column]
+
+    def encode(self, record: dict, index: int) -> dict | str:
+        if self.messages_column:
+            messages = record[self.messages_column]
+            if not isinstance(messages, list) or not messages or messages[-1].get("role") != "assistant":
+                return "message lists that do not end with an assistant message"
+            record = {self.prompt_column: messages[:-1], self.response_column: messages[-1]}
+        prompt = self._prompt(record)
+        if isinstance(prompt, str):
+            return prompt
+        response = self._response(record[self.response_column])
+        if isinstance(response, str):
+            return response
+        return {"prompt_ids": prompt, "response_ids": response, "index": index}
+
+    def collate(self, rows: list[dict]) -> SequenceBatch:
+        input_ids, attention_mask, width = pad_prompt_response([r["prompt_ids"] for r in rows],
+                                                               [r["response_ids"] for r in rows],
+                                                               self.tokenizer.pad_token_id)
+        return SequenceBatch(input_ids, attention_mask, width, group_size=1,
+                             extras={"index": torch.tensor([r["index"] for r in rows])})
+
+
+class PreferenceDataModule(OfflineDataModule):
+    """Pairwise preferences (prompt, chosen, rejected); batches interleave chosen and rejected rows
+    (``group_size`` 2: row 2i chosen, 2i + 1 rejected).
+
+    Args:
+        chosen_column: column with the preferred response.
+        rejected_column: column with the other response.
+        margin_column: optional column with a preference strength per pair (reward-model margin).
+        (the others as in :class:`OfflineDataModule`)
+    """
+
+    response_columns = ("chosen", "rejected")
+
+    def __init__(self, train_file: str, tokenizer: str, chosen_column: str = "chosen",
+                 rejected_column: str = "rejected", margin_column: Optional[str] = None, **kwargs: Any) -> None:
+        super().__init__(train_file, tokenizer, **kwargs)
+        self.chosen_column, self.rejected_column, self.margin_column = chosen_column, rejected_column, margin_column
+
+    def columns(self) -> list[str]:
+        return [self.prompt_column, self.chosen_column, self.rejected_column] + (
+            [self.margin_column] if self.margin_column else [])
+
+    def encode(self, record: dict, index: int) -> dict | str:
+        prompt = self._prompt(record)
+        if isinstance(prompt, str):
+            return prompt
+        chosen, rejected = self._response(record[self.chosen_column]), self._response(record[self.rejected_column])
+        for part in (chosen, rejected):
+            if isinstance(part, str):
+                return part
+        row = {"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected, "index": index}
+        if self.margin_column:
+            row["margin"] = float(record[self.margin_column])
+        return row
+
+    def collate(self, rows: list[dict]) -> SequenceBatch:
+        prompts = [r["prompt_ids"] for r in rows for _ in range(2)]
+        responses = [ids for r in rows for ids in (r["chosen_ids"], r["rejected_ids"])]
+        input_ids, attention_mask, width = pad_prompt_response(prompts, responses, self.tokenizer.pad_token_id)
+        extras = {"index": torch.tensor([r["index"] for r in rows]).repeat_interleave(2),
+                  "position": torch.tensor([0, 1]).repeat(len(rows))}
+        if self.margin_column:
+            extras["margin"] = torch.tensor([r["margin"] for r in rows]).repeat_interleave(2)
+        return SequenceBatch(input_ids, attention_mask, width, group_size=2, extras=extras)
+
+
+class UnpairedDataModule(OfflineDataModule):
+    """Unpaired feedback (prompt, completion, desirable label) for KTO. Each row is followed by a
+    mismatched row (its prompt with the next row's completion, ``extras["mismatched"]``) from which
+    KTO estimates its reference point (``group_size`` 2).
+
+    Args:
+        completion_column: column with the response.
+        label_column: column with the label (true/1 = desirable).
+        (the others as in :class:`OfflineDataModule`)
+    """
+
+    response_columns = ("completion",)
+
+    def __init__(self, train_file: str, tokenizer: str, completion_column: str = "completion",
+                 label_column: str = "label", **kwargs: Any) -> None:
+        super().__init__(train_file, tokenizer, **kwargs)
+        self.completion_column, self.label_column = completion_column, label_column
+
+    def columns(self) -> list[str]:
+        return [self.prompt_column, self.completion_column, self.label_column]
+
+    def encode(self, record: dict, index: int) -> dict | str:
+        prompt = self._prompt(record)
+        if isinstance(prompt, str):
+            return prompt
+        completion = self._response(record[self.completion_column])
+        if isinstance(completion, str):
+            return completion
+        label = record[self.label_column]
+        if isinstance(label, str):
+            label = label.strip().lower() in {"true", "1", "yes", "desirable", "good"}
+        return {"prompt_ids": prompt, "completion_ids": completion, "label": float(bool(label)), "index": index}
+
+    def collate(self, rows: list[dict]) -> SequenceBatch:
+        n = len(rows)
+        prompts, responses = [], []
+        for i, row in enumerate(rows):
+            other = rows[(i + 1) % n] if n > 1 else row
+            prompts += [row["prompt_ids"], row["prompt_ids"]]
+            responses += [row["completion_ids"], other["completion_ids"]]
+        input_ids, attention_mask, width = pad_prompt_response(prompts, responses, self.tokenizer.pad_token_id)
+        labels = torch.tensor([r["label"] for r in rows]).repeat_interleave(2)
+        extras = {"label": labels, "mismatched": torch.tensor([0.0, 1.0]).repeat(n),
+                  "index": torch.tensor([r["index"] for r in rows]).repeat_interleave(2)}
+        return SequenceBatch(input_ids, attention_mask, width, group_size=2, extras=extras)

@@ -1,0 +1,57 @@
+"""Reference log-probs computed once per data set (offline objectives), instead of a frozen
+reference forward on every batch: on a GPU this saves that forward pass and the reference's memory."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from rlhf_lightning.batches import SequenceBatch
+from rlhf_lightning.errors import RecipeError
+
+if TYPE_CHECKING:
+    from rlhf_lightning.module import RLHFModule
+
+
+class ReferenceCache:
+    """``ln π_ref`` per response token of every training row, keyed by (data set row, position in group)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[int, int], Tensor] = {}
+
+    @staticmethod
+    def _keys(batch: SequenceBatch) -> list[tuple[int, int]]:
+        if "index" not in batch.extras or "mismatched" in batch.extras:
+            raise RecipeError("model.init_args.precompute_reference",
+                              "precomputed reference log-probs need batches whose rows are fixed data set rows "
+                              "(SFT or preference data); KTO's mismatched rows change from batch to batch",
+                              "set precompute_reference: false for this objective")
+        positions = batch.extras.get("position", torch.zeros(len(batch), dtype=torch.long))
+        return list(zip(batch.extras["index"].tolist(), positions.tolist()))
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, module: "RLHFModule", datamodule) -> "ReferenceCache":
+        """One reference forward over all training rows (in order, batch by batch)."""
+        cache = cls()
+        rows = datamodule.splits["train"]
+        size = datamodule.batch_size
+        for start in tqdm(range(0, len(rows), size), desc="reference log-probs", leave=False,
+                          disable=not module.trainer.is_global_zero):
+            batch = datamodule.collate(rows[start:start + size]).to(module.device)
+            logprobs = module.reference_logprobs(batch.input_ids, batch.attention_mask, batch.prompt_length)
+            lengths = batch.response_mask.sum(-1).long().tolist()
+            for key, values, length in zip(cls._keys(batch), logprobs, lengths):
+                cache.rows[key] = values[:length].cpu()
+        return cache
+
+    def lookup(self, batch: SequenceBatch) -> Tensor:
+        """``[N, R]`` cached reference log-probs of the batch's rows (0 on padding)."""
+        out = torch.zeros(batch.response_mask.shape, dtype=torch.float32)
+        for i, key in enumerate(self._keys(batch)):
+            values = self.rows[key]
+            out[i, :len(values)] = values
+        return out.to(batch.input_ids.device)
