@@ -65,11 +65,16 @@ class WinRateEvaluation(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         from rlhf_lightning.rewards import PreferenceSource
 
+        if self.judge is None and pl_module.reward is None:
+            raise RecipeError("trainer.callbacks[WinRateEvaluation].init_args.judge",
+                              "nothing to judge the responses with: no judge and no reward source",
+                              "set judge, e.g. class_path: rlhf_lightning.tasks.summarize.GoldJudge")
         if isinstance(self.judge or pl_module.reward, PreferenceSource):
             raise RecipeError("trainer.callbacks[WinRateEvaluation].init_args.judge",
                               "the evaluation judge scores single responses, but the reward is a preference "
                               "model (it only compares responses)",
                               "set judge to a pointwise reward, e.g. class_path: rlhf_lightning.tasks.summarize.GoldJudge")
+        pl_module.reference_for_evaluation = True  # win rate vs SFT and KL need the starting policy
         if self.judge is not None:
             self.judge.setup(trainer.strategy.root_device)
 

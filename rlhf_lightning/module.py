@@ -116,6 +116,7 @@ class RLHFModule(LightningModule):
         self.policy: Optional[nn.Module] = None
         self.reference: Optional[nn.Module] = None
         self.critic: Optional[nn.Module] = None
+        self.reference_for_evaluation = False  # set by evaluation callbacks that compare with the start policy
         self.tokenizer = None
         self.summary: dict[str, Any] = {}
         self._samples_generated = 0
@@ -138,7 +139,8 @@ class RLHFModule(LightningModule):
             policy = load_causal_lm(self.policy_config, field)
         disable_dropout(policy)
         self.policy = policy.train()
-        if self.objective.needs_reference and not self._reference_is_disabled_adapter:
+        wants_reference = self.objective.needs_reference or self.reference_for_evaluation
+        if wants_reference and self.objective.policy_head == "causal_lm" and not self._reference_is_disabled_adapter:
             ref_config = self.reference_config or ModelConfig(
                 path=self.policy_config.path, dtype=self.policy_config.dtype,
                 trust_remote_code=self.policy_config.trust_remote_code)
@@ -329,7 +331,7 @@ class RLHFModule(LightningModule):
         self._fit_started = time.perf_counter()
         if self.precompute_reference and self.objective.needs_reference and not self.objective.needs_rollout:
             self._reference_cache = ReferenceCache.build(self, self.trainer.datamodule)
-            if self.reference is not None:  # the frozen copy is no longer needed: free its memory
+            if self.reference is not None and not self.reference_for_evaluation:  # no longer needed: free it
                 self.reference = None
 
     def _backward_ptx(self, pretrain: dict) -> float:

@@ -2,10 +2,13 @@
 
 from rlhf_lightning.objectives.base import Objective
 from rlhf_lightning.objectives.grpo import GRPO
+from rlhf_lightning.objectives.kto import KTO
 from rlhf_lightning.objectives.online_dpo import OnlineDPO
 from rlhf_lightning.objectives.ppo import PPO
 from rlhf_lightning.objectives.rebel import REBEL
 from rlhf_lightning.objectives.reinforce import REINFORCE
+from rlhf_lightning.objectives.reward_model import BradleyTerry
 from rlhf_lightning.objectives.rloo import RLOO
+from rlhf_lightning.objectives.sft import SFT
 
-__all__ = ["GRPO", "PPO", "REBEL", "REINFORCE", "RLOO", "Objective", "OnlineDPO"]
+__all__ = ["GRPO", "KTO", "PPO", "REBEL", "REINFORCE", "RLOO", "SFT", "BradleyTerry", "Objective", "OnlineDPO"]

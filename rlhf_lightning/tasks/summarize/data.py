@@ -49,6 +49,31 @@ class SummarizeTask(PromptDataModule):
         super().setup(stage)
 
 
+def ensure_base_model(root: str | Path, seed: int = 0) -> Path:
+    """``<root>/base``: the task's tiny Llama at random initialisation with the task's tokenizer (the
+    starting point of the pipeline's SFT stage); written with ``save_pretrained`` when missing."""
+    import os
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from rlhf_lightning.tasks.summarize.sft import SFTConfig, make_model
+
+    directory = Path(root) / "base"
+    if (directory / "config.json").exists() and (directory / "model.safetensors").exists():
+        return directory
+    tokenizer = AutoTokenizer.from_pretrained(Path(root) / "sft")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = make_model(tokenizer, SFTConfig())
+    tmp = directory.with_name(f".base.tmp-{os.getpid()}")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if not directory.exists():
+        os.replace(tmp, directory)
+    return directory
+
+
 class _EmbeddedOffline:
     """Builds the task (and its preference set) in ``prepare_data`` before the files are read."""
 
@@ -60,6 +85,7 @@ class _EmbeddedOffline:
 
     def prepare_data(self) -> None:
         build_task(self.root, self.task_seed, sft_steps=self.sft_steps)
+        ensure_base_model(self.root, self.task_seed)
         if self.label_noise is not None:
             from rlhf_lightning.tasks.summarize.preferences import preference_files
 
@@ -73,6 +99,7 @@ class _EmbeddedOffline:
 
 class SummarizeSFTData(_EmbeddedOffline, SFTDataModule):
     """SFT on the embedded task's reference summaries (prompt → ``reference``), tokenizer of the task.
+    ``prepare_data`` also writes ``<root>/base``, the randomly initialised model to fine-tune.
 
     Args:
         root: cache directory of the built task.
