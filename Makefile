@@ -15,7 +15,7 @@ export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export WANDB_MODE ?= offline
 
-.PHONY: venv quickstart test test-slow clean-runs
+.PHONY: venv quickstart test test-slow pipeline table1 vs-trl clean-runs
 
 venv: $(STAMP)
 
@@ -36,6 +36,23 @@ quickstart: $(STAMP)
 	$(BIN)/rlhf-lightning run recipes/quickstart.yaml
 	@echo "summary: runs/quickstart/summary.json"
 	@cat runs/quickstart/summary.json
+
+# SFT → reward model (noisy preference pairs) → REBEL against the learned reward model, each stage
+# loading the previous stage's Hugging Face directory; outputs in runs/pipeline/{sft,reward_model,rebel}
+pipeline: $(STAMP)
+	$(BIN)/rlhf-lightning run recipes/pipeline/sft.yaml
+	$(BIN)/rlhf-lightning run recipes/pipeline/reward_model.yaml
+	$(BIN)/rlhf-lightning run recipes/pipeline/rebel.yaml
+	@for stage in sft reward_model rebel; do echo "== $$stage"; cat runs/pipeline/$$stage/summary.json; echo; done
+
+# the miniature of the REBEL paper's Table 1 (9 methods × 3 seeds) → benchmarks/results/table1.{md,json}
+table1: $(STAMP)
+	$(BIN)/python benchmarks/table1.py
+
+# speed against TRL (optional dependency: pip install trl) → benchmarks/results/vs_trl.{md,json}
+vs-trl: $(STAMP)
+	$(BIN)/python -m pip install --quiet trl
+	$(BIN)/python benchmarks/vs_trl.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

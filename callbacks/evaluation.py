@@ -140,11 +140,18 @@ class WinRateEvaluation(Callback):
             self._sft_cache[split] = (sft_texts, judge.score(prompts, sft_texts).float())
         sft_texts, sft_scores = self._sft_cache[split]
         scores = judge.score(prompts, policy_texts).float()
+        proxy = pl_module.reward if self.judge is not None and pl_module.reward is not None else None
+        from rlhf_lightning.rewards import PreferenceSource
+
+        if isinstance(proxy, PreferenceSource):
+            proxy = None
+        proxy_scores = proxy.score(prompts, policy_texts).float().cpu() if proxy is not None else None
         has_reference = all("reference" in r for r in rows)
         ref_scores = judge.score(prompts, [r["reference"] for r in rows]).float() if has_reference else None
         kl = self._kl(pl_module, rows).cpu()
 
         columns = [scores, sft_scores, kl] + ([ref_scores] if ref_scores is not None else [])
+        columns += [proxy_scores] if proxy_scores is not None else []
         gathered = gather_rows(pl_module, torch.stack([c.cpu() for c in columns], 1))  # [n, 3 or 4]
         results = {
             "win_rate_vs_sft": win_rate(gathered[:, 0], gathered[:, 1]),
@@ -156,6 +163,8 @@ class WinRateEvaluation(Callback):
             results["win_rate_vs_reference"] = win_rate(gathered[:, 0], gathered[:, 3])
             results["reference_reward"] = gathered[:, 3].mean().item()
             results["sft_win_rate_vs_reference"] = win_rate(gathered[:, 1], gathered[:, 3])
+        if proxy_scores is not None:  # the training reward (e.g. a learned reward model) next to the judge's
+            results["proxy_reward"] = gathered[:, -1].mean().item()
         self._log(trainer, results, step)
         self._log_samples(trainer, prompts, policy_texts, sft_texts, rows, scores, sft_scores, step)
         self.history.append({"rollouts": step, "split": split, **results})
@@ -241,4 +250,27 @@ def plot_history(history: list[dict], path: Path) -> None:
         axis.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+    if all("proxy_reward" in h for h in history):
+        plot_reward_vs_kl(history, path.with_name("reward_vs_kl.png"))
+
+
+def plot_reward_vs_kl(history: list[dict], path: Path) -> None:
+    """Judge (gold) and proxy (training) reward against KL to the reference over training: the
+    over-optimisation picture (the gold curve bends down while the proxy keeps rising)."""
+    import matplotlib.pyplot as plt
+
+    kl = [h["kl"] for h in history]
+    fig, axis = plt.subplots(figsize=(5.5, 3.8))
+    axis.plot(kl, [h["reward"] for h in history], marker="o", label="gold reward (judge)")
+    axis.plot(kl, [h["proxy_reward"] for h in history], marker="s", label="proxy reward (training reward)")
+    for h, x in zip(history, kl):
+        axis.annotate(str(h["rollouts"]), (x, h["reward"]), fontsize=7, alpha=0.6)
+    axis.set_xlabel("KL(π ‖ π_ref) on held-out prompts")
+    axis.set_ylabel("mean reward")
+    axis.set_title("Reward vs KL over training (labels: rollout batches)")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)

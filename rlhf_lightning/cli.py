@@ -91,6 +91,16 @@ class RLHFCLI(LightningCLI):
 
 
 
+def run_name(recipe: str) -> str:
+    """``recipes/pipeline/sft.yaml`` → ``pipeline/sft``; a recipe outside a ``recipes`` folder → its stem."""
+    parts = os.path.normpath(os.path.abspath(recipe)).split(os.sep)
+    stem = os.path.splitext(parts[-1])[0]
+    if "recipes" in parts[:-1]:
+        below = parts[len(parts) - 1 - parts[::-1].index("recipes") + 1:-1]
+        return os.path.join(*below, stem) if below else stem
+    return stem
+
+
 def apply_output_defaults(config) -> None:
     """Put every output of a run under ``trainer.default_root_dir``, by default ``runs/<recipe name>``.
 
@@ -103,8 +113,7 @@ def apply_output_defaults(config) -> None:
         return
     if not trainer.get("default_root_dir"):
         recipes = [str(path) for path in (config.get("config") or [])]
-        name = os.path.splitext(os.path.basename(recipes[-1]))[0] if recipes else "default"
-        trainer["default_root_dir"] = os.path.join("runs", name)
+        trainer["default_root_dir"] = os.path.join("runs", run_name(recipes[-1]) if recipes else "default")
     root = trainer["default_root_dir"]
     loggers = trainer.get("logger")
     for logger in loggers if isinstance(loggers, list) else [loggers]:

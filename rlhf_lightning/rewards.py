@@ -132,8 +132,29 @@ class RewardModel(_OneLogitClassifier, RewardSource):
                  trust_remote_code: bool = False) -> None:
         super().__init__(path, batch_size, max_length, trust_remote_code)
 
+    @torch.no_grad()
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-        return self._logits([p + r for p, r in zip(prompts, responses)])
+        """Encoded exactly as reward-model training encodes pairs (prompt tokens, response tokens, EOS;
+        see :mod:`rlhf_lightning.data.encoding`), scored at the last real token."""
+        from rlhf_lightning.critic import sequence_scores
+        from rlhf_lightning.data.encoding import encode_prompt, encode_response
+
+        if self._model is None:
+            self.setup(torch.device("cpu"))
+        device = next(self._model.parameters()).device
+        rows = [(encode_prompt(self._tokenizer, p) + encode_response(self._tokenizer, r))[-self.max_length:]
+                for p, r in zip(prompts, responses)]
+        out = [torch.zeros(0)]
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start:start + self.batch_size]
+            width = max(len(ids) for ids in chunk)
+            ids = torch.full((len(chunk), width), self._tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for i, row in enumerate(chunk):
+                ids[i, :len(row)] = torch.tensor(row)
+                mask[i, :len(row)] = 1
+            out.append(sequence_scores(self._model, ids.to(device), mask.to(device), 0).float().cpu())
+        return torch.cat(out)
 
 
 # ---------------------------------------------------------------------------- preference rewards

@@ -196,18 +196,20 @@ def test_preference_model_needs_one_output(tmp_path):
         PreferenceModel(str(tmp_path)).setup(torch.device("cpu"))
 
 
-def test_reward_model_shares_the_loader_and_scores_the_first_logit(tiny_preference_model):
+def test_reward_model_shares_the_loader_and_scores_like_training(tiny_preference_model):
     """RewardModel and PreferenceModel load through the same code; a one-logit model also works as a
-    pointwise reward model: r(x, y) = logit(x + y), the same with or without batch padding."""
+    pointwise reward model: r(x, y) = the head at the last token of [prompt tokens, response tokens, EOS]
+    (the encoding reward-model training uses), the same with or without batch padding."""
     from rlhf_lightning.rewards import RewardModel
 
     source = RewardModel(str(tiny_preference_model), batch_size=2)
-    prompts = ["say : cat dog ", "say : sun ", "say : tree rock moon "]
+    prompts = ["say : cat dog", "say : sun", "say : tree rock moon"]
     responses = ["good", "bad good red", "cat"]
     scores = source.score(prompts, responses)
     model, tokenizer = source._model, source._tokenizer
     with torch.no_grad():
-        one_by_one = [model(**tokenizer([x + y], return_tensors="pt")).logits[0, 0].item()
-                      for x, y in zip(prompts, responses)]
+        one_by_one = []
+        for x, y in zip(prompts, responses):
+            ids = tokenizer(x)["input_ids"] + tokenizer(y, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            one_by_one.append(model(input_ids=torch.tensor([ids])).logits[0, 0].item())
     torch.testing.assert_close(scores, torch.tensor(one_by_one), rtol=1e-4, atol=1e-5)
-    assert tokenizer.truncation_side == "right"
