@@ -80,6 +80,7 @@ ENV = {
     "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
     "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
     "WANDB_MODE": "disabled", "WANDB_SILENT": "true", "DISABLE_MLFLOW_INTEGRATION": "TRUE",
+    "PYTHONDONTWRITEBYTECODE": "1",  # no __pycache__ next to this script from the workers' `import vs_trl`
 }
 
 

@@ -263,6 +263,20 @@ class RLHFModule(LightningModule):
         # ---- end pretraining mix ----
         return metrics
 
+    def _log_step(self, metrics: dict[str, float], batch_size: int) -> None:
+        """Per-step scalars to the loggers. With one process they go straight to the loggers every
+        ``log_every_n_steps`` (``self.log`` costs ~0.5 ms per key, ~10 % of a tiny model's step);
+        with several they go through ``self.log_dict`` to be averaged over processes."""
+        if self.trainer.world_size > 1:
+            self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=batch_size, sync_dist=True)
+            return
+        step = self.trainer.fit_loop.epoch_loop._batches_that_stepped  # the step self.log would use
+        if (step + 1) % max(self.trainer.log_every_n_steps, 1) and not self.trainer.fit_loop.epoch_loop.done:
+            return
+        values = {key: float(value) for key, value in metrics.items()}
+        for logger in self.loggers:
+            logger.log_metrics(values, step=step)
+
     def _forward(self, chunk: Any) -> tuple[Optional[Tensor], dict[str, Tensor]]:
         """What the objective's loss needs for one chunk: policy log-probs (or reward-model scores),
         entropy and critic values, all with grad."""
@@ -309,8 +323,7 @@ class RLHFModule(LightningModule):
         self._rollout_batches += 1
         metrics["train/lr"] = scheduler.get_last_lr()[0]
         metrics["perf/samples_per_second"] = len(batch) / max(seconds, 1e-9)
-        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=batch.num_prompts,
-                      sync_dist=self.trainer.world_size > 1)
+        self._log_step(metrics, batch.num_prompts)
 
     @torch.no_grad()
     def validation_step(self, batch: Any, batch_idx: int) -> None:
@@ -403,8 +416,7 @@ class RLHFModule(LightningModule):
         logged["perf/samples_per_second"] = len(rollout) / max(busy, 1e-9)
         logged["train/lr"] = scheduler.get_last_lr()[0]
         logged["train/rollouts"] = float(batch_idx + 1)
-        self.log_dict(logged, on_step=True, on_epoch=False, batch_size=rollout.num_prompts,
-                      sync_dist=self.trainer.world_size > 1)
+        self._log_step(logged, rollout.num_prompts)
         self.log("reward", logged.get("reward/raw", 0.0), prog_bar=True, on_step=True, on_epoch=False,
                  batch_size=rollout.num_prompts, logger=False)
 

@@ -195,18 +195,35 @@ class SFTDataModule(OfflineDataModule):
     """Supervised fine-tuning rows: (prompt, response) columns, or one column of chat messages whose
     last message is the assistant's response. The loss sees response tokens only.
 
+    With ``packing``, encoded examples (prompt tokens, response tokens, EOS) are concatenated greedily,
+    in data order, into rows of at most ``max_length`` tokens (an example longer than that is a bad
+    row), and ``batch_size`` counts packed rows. A packed batch has ``prompt_length`` 1 (the row's
+    first token; everything after it is the response block) and ``extras["loss_mask"]`` ``[N, R]``,
+    1 on the response tokens of every packed example and 0 on their prompt tokens and padding (the
+    SFT objective uses it instead of the response mask). Position ids continue across the examples
+    of a row and attention is *not* isolated between them: each example also attends to the ones
+    packed before it. This is the usual approximate packing; it saves padding and compute for many
+    short examples, but changes what the model conditions on, so use it for short examples only
+    (and leave it off for long ones, where padding is a small share anyway).
+
     Args:
         response_column: column with the response (ignored with ``messages_column``).
         messages_column: column holding a list of chat messages (the tokenizer's chat template is used).
+        packing: pack several examples per row (see above).
+        max_length: tokens per packed row (with ``packing``).
         (the others as in :class:`OfflineDataModule`)
     """
 
     response_columns = ("response",)
 
     def __init__(self, train_file: str, tokenizer: str, response_column: str = "response",
-                 messages_column: Optional[str] = None, **kwargs: Any) -> None:
+                 messages_column: Optional[str] = None, packing: bool = False, max_length: int = 512,
+                 **kwargs: Any) -> None:
         super().__init__(train_file, tokenizer, **kwargs)
+        if max_length < 1:
+            raise RecipeError("data.init_args.max_length", f"must be ≥ 1, got {max_length}")
         self.response_column, self.messages_column = response_column, messages_column
+        self.packing, self.max_length = packing, max_length
 
     def columns(self) -> list[str]:
         return [self.messages_column] if self.messages_column else [self.prompt_column, self.response_column]
@@ -223,14 +240,58 @@ class SFTDataModule(OfflineDataModule):
         response = self._response(record[self.response_column])
         if isinstance(response, str):
             return response
+        if self.packing and len(prompt) + len(response) > self.max_length:
+            return f"examples longer than max_length={self.max_length} (packing)"
         return {"prompt_ids": prompt, "response_ids": response, "index": index}
 
+    def _load_split(self, split: str, path: str) -> list[dict]:
+        rows = super()._load_split(split, path)
+        return pack_examples(rows, self.max_length) if self.packing else rows
+
     def collate(self, rows: list[dict]) -> SequenceBatch:
+        if self.packing:
+            return collate_packed(rows, self.tokenizer.pad_token_id)
         input_ids, attention_mask, width = pad_prompt_response([r["prompt_ids"] for r in rows],
                                                                [r["response_ids"] for r in rows],
                                                                self.tokenizer.pad_token_id)
         return SequenceBatch(input_ids, attention_mask, width, group_size=1,
                              extras={"index": torch.tensor([r["index"] for r in rows])})
+
+
+def pack_examples(rows: list[dict], max_length: int) -> list[dict]:
+    """Greedy packing in data order: ``{"input_ids", "loss_mask", "index"}`` rows of at most
+    ``max_length`` tokens, ``loss_mask`` 1 on response tokens (aligned with ``input_ids``); ``index``
+    is the packed row's number (a fixed row of the packed data set)."""
+    packed: list[dict] = []
+    ids: list[int] = []
+    mask: list[int] = []
+    for row in rows:
+        example = row["prompt_ids"] + row["response_ids"]
+        if ids and len(ids) + len(example) > max_length:
+            packed.append({"input_ids": ids, "loss_mask": mask, "index": len(packed)})
+            ids, mask = [], []
+        ids = ids + example
+        mask = mask + [0] * len(row["prompt_ids"]) + [1] * len(row["response_ids"])
+    if ids:
+        packed.append({"input_ids": ids, "loss_mask": mask, "index": len(packed)})
+    return packed
+
+
+def collate_packed(rows: list[dict], pad_token_id: int) -> SequenceBatch:
+    """Right-padded packed rows: ``prompt_length`` 1, ``extras["loss_mask"]`` ``[N, R]`` over the response block."""
+    width = max(len(r["input_ids"]) for r in rows)
+    width = max(width, 2)  # at least one position in the response block
+    n = len(rows)
+    input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((n, width), dtype=torch.long)
+    loss_mask = torch.zeros((n, width), dtype=torch.float32)
+    for i, row in enumerate(rows):
+        length = len(row["input_ids"])
+        input_ids[i, :length] = torch.tensor(row["input_ids"], dtype=torch.long)
+        attention_mask[i, :length] = 1
+        loss_mask[i, :length] = torch.tensor(row["loss_mask"], dtype=torch.float32)
+    return SequenceBatch(input_ids, attention_mask, 1, group_size=1,
+                         extras={"index": torch.tensor([r["index"] for r in rows]), "loss_mask": loss_mask[:, 1:]})
 
 
 class PreferenceDataModule(OfflineDataModule):

@@ -8,8 +8,9 @@ from typing import Iterator, Literal, Optional
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Sampler
 
+from rlhf_lightning.data.base import ResumableTrainLoader
 from rlhf_lightning.data.files import read_records, require_columns
 from rlhf_lightning.errors import RecipeError
 from rlhf_lightning.models import load_tokenizer
@@ -85,18 +86,7 @@ class PretrainStream:
                 for position in range(start, start + self.batch_size)]
 
 
-class _Records(Dataset):
-    def __init__(self, rows: list[dict]) -> None:
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> dict:
-        return self.rows[index]
-
-
-class PromptDataModule(LightningDataModule):
+class PromptDataModule(ResumableTrainLoader, LightningDataModule):
     """Prompts (and optional reference responses) from local files.
 
     Args:
@@ -255,27 +245,11 @@ class PromptDataModule(LightningDataModule):
         return batch
 
     def train_dataloader(self) -> DataLoader:
-        rows = self.splits["train"]
-        if self._train_loader is None:
-            rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-            sampler = ResumableShuffleSampler(len(rows), self.seed, self.shuffle, rank, world)
-            # a private generator: creating the iterator must not draw from the global RNG, or a resumed
-            # run would sample different responses than the uninterrupted one
-            self._train_loader = DataLoader(_Records(rows), batch_size=self.batch_size, sampler=sampler,
-                                            collate_fn=self.collate, drop_last=True,
-                                            generator=torch.Generator().manual_seed(self.seed))
-        if self._resume_state is not None:
-            state, self._resume_state = self._resume_state, None
-            self._train_loader.sampler.resume_at(state["epoch"], state["batches"] * self.batch_size)
-        return self._train_loader
+        return self.resumable_loader(self.splits["train"], self.collate)
 
     def state_dict(self) -> dict:
         """Where training is in the prompt stream (saved in checkpoints): epoch and batches trained on."""
-        state = {}
-        if self.trainer is not None:
-            loop = self.trainer.fit_loop
-            state = {"epoch": self.trainer.current_epoch,
-                     "batches": loop.epoch_loop.batch_progress.current.processed}
+        state = self.train_position()
         if self.pretrain_file is not None:
             state["pretrain_draws"] = (self._pretrain_stream.draws if self._pretrain_stream is not None
                                        else self._pretrain_resume_draws)
@@ -286,11 +260,7 @@ class PromptDataModule(LightningDataModule):
             self._pretrain_resume_draws = state["pretrain_draws"]
             if self._pretrain_stream is not None:
                 self._pretrain_stream.draws = state["pretrain_draws"]
-        if "epoch" in state:
-            self._resume_state = dict(state)
-            if self._train_loader is not None:
-                self._train_loader.sampler.resume_at(state["epoch"], state["batches"] * self.batch_size)
-                self._resume_state = None
+        self.resume_train_position(state)
 
     def eval_rows(self, split: str, limit: Optional[int] = None) -> list[dict]:
         """Rows of a held-out split for evaluation callbacks (``prompt``, ``input_ids``, ``reference``)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal, Sequence
 
 from torch import Tensor, nn
 
@@ -37,7 +37,9 @@ class Objective(nn.Module, ABC):
     kl_in_reward: bool = True  # False (GRPO): the rollout does not shape rewards with γ (the KL is in the loss)
     summary_metrics: dict[str, str] = {}  # validation metric → summary.json key, e.g. {"rm/accuracy": "rm_accuracy"}
 
-    def __init__(self, inner_epochs: int = 1, num_minibatches: int = 1) -> None:
+    def __init__(self, inner_epochs: int = 1, num_minibatches: int = 1,
+                 problems: Sequence[RecipeError] = ()) -> None:
+        """``problems``: a subclass's own argument errors, reported together with these in one error."""
         super().__init__()
         errors = []
         if inner_epochs < 1:
@@ -45,6 +47,7 @@ class Objective(nn.Module, ABC):
         if num_minibatches < 1:
             errors.append(self.field_error("num_minibatches", f"must be ≥ 1, got {num_minibatches}",
                                            "set it to 1 or more"))
+        errors += list(problems)
         if errors:
             from rlhf_lightning.errors import raise_all
 

@@ -9,7 +9,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from rlhf_lightning.advantages import group_normalized_advantages
-from rlhf_lightning.errors import RecipeError, raise_all
+from rlhf_lightning.errors import RecipeError
 from rlhf_lightning.logprobs import KLEstimator, kl_per_token, masked_mean
 from rlhf_lightning.objectives.base import Objective
 from rlhf_lightning.objectives.reinforce import prepared_advantages
@@ -88,11 +88,7 @@ class GRPO(Objective):
                 errors.append(self.field_error("constant_length", f"is only used with loss_reduction: constant, "
                                                                   f"but loss_reduction is '{loss_reduction}'",
                                                "set loss_reduction: constant, or constant_length: null"))
-        try:
-            super().__init__(inner_epochs=inner_epochs, num_minibatches=num_minibatches)
-        except RecipeError as error:
-            errors.insert(0, error)
-        raise_all(errors)
+        super().__init__(inner_epochs=inner_epochs, num_minibatches=num_minibatches, problems=errors)
         self.group_size = group_size
         self.samples_per_prompt = group_size
         self.clip_ratio = clip_ratio

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from rlhf_lightning.advantages import ReduceSum, gae, masked_whiten, per_token_rewards
-from rlhf_lightning.errors import RecipeError, raise_all
+from rlhf_lightning.errors import RecipeError
 from rlhf_lightning.logprobs import kl_per_token, masked_mean
 from rlhf_lightning.objectives.base import Objective
 from rlhf_lightning.policy_loss import clipped_surrogate, reduce_tokens
@@ -82,11 +82,7 @@ class PPO(Objective):
         if not ptx_coef >= 0:
             errors.append(self.field_error("ptx_coef", f"must be ≥ 0, got {ptx_coef}",
                                            "0 disables the pretraining mix"))
-        try:
-            super().__init__(inner_epochs=inner_epochs, num_minibatches=num_minibatches)
-        except RecipeError as error:
-            errors.insert(0, error)
-        raise_all(errors)
+        super().__init__(inner_epochs=inner_epochs, num_minibatches=num_minibatches, problems=errors)
         self.clip_ratio = clip_ratio
         self.value_clip = value_clip
         self.vf_coef = vf_coef

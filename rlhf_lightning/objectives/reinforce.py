@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from rlhf_lightning.advantages import masked_whiten
-from rlhf_lightning.errors import RecipeError, raise_all
+from rlhf_lightning.errors import RecipeError
 from rlhf_lightning.logprobs import masked_sum
 from rlhf_lightning.objectives.base import Objective
 from rlhf_lightning.rollout import Rollout
@@ -47,11 +47,7 @@ class REINFORCE(Objective):
         if not 0.0 <= baseline_decay < 1.0:
             errors.append(self.field_error("baseline_decay", f"must be in [0, 1), got {baseline_decay}",
                                            "e.g. 0.9 (a moving average over about 10 rollout batches)"))
-        try:
-            super().__init__(inner_epochs=inner_epochs, num_minibatches=num_minibatches)
-        except RecipeError as error:
-            errors.insert(0, error)
-        raise_all(errors)
+        super().__init__(inner_epochs=inner_epochs, num_minibatches=num_minibatches, problems=errors)
         self.baseline_decay = baseline_decay
         self.whiten_advantages = whiten_advantages
         self.register_buffer("baseline", torch.zeros(()))  # b, the moving average of the mean r̃

@@ -7,7 +7,7 @@ from typing import Callable
 from torch import Tensor
 
 from rlhf_lightning.advantages import leave_one_out_advantages
-from rlhf_lightning.errors import RecipeError, raise_all
+from rlhf_lightning.errors import RecipeError
 from rlhf_lightning.logprobs import masked_sum
 from rlhf_lightning.objectives.base import Objective
 from rlhf_lightning.objectives.reinforce import prepared_advantages
@@ -40,11 +40,7 @@ class RLOO(Objective):
         if k < 2:
             errors.append(self.field_error("k", f"must be ≥ 2 (a leave-one-out baseline needs another sample of "
                                                 f"the same prompt), got {k}", "set k to 2 or 4, as in the paper"))
-        try:
-            super().__init__(inner_epochs=inner_epochs, num_minibatches=num_minibatches)
-        except RecipeError as error:
-            errors.insert(0, error)
-        raise_all(errors)
+        super().__init__(inner_epochs=inner_epochs, num_minibatches=num_minibatches, problems=errors)
         self.k = k
         self.samples_per_prompt = k
 

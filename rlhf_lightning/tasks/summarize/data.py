@@ -121,6 +121,21 @@ class SummarizeSFTData(_EmbeddedOffline, SFTDataModule):
         self.root, self.task_seed, self.sft_steps = Path(root), task_seed, sft_steps
 
 
+def _preference_set(module: _EmbeddedOffline, root: str, label_noise: float, preference_seed: int, task_seed: int,
+                    sft_steps: int, batch_size: int, shuffle: bool, seed: int, unpaired: bool) -> None:
+    """Initialise an embedded preference-set data module (pairs, or their unpaired labels)."""
+    from rlhf_lightning.tasks.summarize.preferences import preference_dir
+
+    files, folder = TaskFiles.at(root), preference_dir(root, label_noise, preference_seed)
+    suffix = "_unpaired" if unpaired else ""
+    super(_EmbeddedOffline, module).__init__(
+        train_file=str(folder / f"train{suffix}.jsonl"), tokenizer=str(files.sft),
+        validation_file=str(folder / f"validation{suffix}.jsonl"), eval_prompt_file=str(files.test),
+        batch_size=batch_size, max_prompt_length=64, max_response_length=32, shuffle=shuffle, seed=seed)
+    module.root, module.task_seed, module.sft_steps = Path(root), task_seed, sft_steps
+    module.label_noise, module.preference_seed = label_noise, preference_seed
+
+
 class SummarizePreferenceData(_EmbeddedOffline, PreferenceDataModule):
     """Preference pairs of the embedded task: two SFT samples per prompt ranked by the gold judge, the
     training labels flipped with probability ``label_noise`` (validation pairs are clean).
@@ -139,15 +154,8 @@ class SummarizePreferenceData(_EmbeddedOffline, PreferenceDataModule):
     def __init__(self, root: str = "runs/.cache/summarize", label_noise: float = 0.1, preference_seed: int = 0,
                  task_seed: int = 0, sft_steps: int = 1800, batch_size: int = 32, shuffle: bool = True,
                  seed: int = 0) -> None:
-        from rlhf_lightning.tasks.summarize.preferences import preference_dir
-
-        files, folder = TaskFiles.at(root), preference_dir(root, label_noise, preference_seed)
-        super().__init__(train_file=str(folder / "train.jsonl"), tokenizer=str(files.sft),
-                         validation_file=str(folder / "validation.jsonl"), eval_prompt_file=str(files.test),
-                         batch_size=batch_size, max_prompt_length=64, max_response_length=32, shuffle=shuffle,
-                         seed=seed)
-        self.root, self.task_seed, self.sft_steps = Path(root), task_seed, sft_steps
-        self.label_noise, self.preference_seed = label_noise, preference_seed
+        _preference_set(self, root, label_noise, preference_seed, task_seed, sft_steps, batch_size, shuffle, seed,
+                        unpaired=False)
 
 
 class SummarizeUnpairedData(_EmbeddedOffline, UnpairedDataModule):
@@ -160,12 +168,5 @@ class SummarizeUnpairedData(_EmbeddedOffline, UnpairedDataModule):
     def __init__(self, root: str = "runs/.cache/summarize", label_noise: float = 0.1, preference_seed: int = 0,
                  task_seed: int = 0, sft_steps: int = 1800, batch_size: int = 32, shuffle: bool = True,
                  seed: int = 0) -> None:
-        from rlhf_lightning.tasks.summarize.preferences import preference_dir
-
-        files, folder = TaskFiles.at(root), preference_dir(root, label_noise, preference_seed)
-        super().__init__(train_file=str(folder / "train_unpaired.jsonl"), tokenizer=str(files.sft),
-                         validation_file=str(folder / "validation_unpaired.jsonl"), eval_prompt_file=str(files.test),
-                         batch_size=batch_size, max_prompt_length=64, max_response_length=32, shuffle=shuffle,
-                         seed=seed)
-        self.root, self.task_seed, self.sft_steps = Path(root), task_seed, sft_steps
-        self.label_noise, self.preference_seed = label_noise, preference_seed
+        _preference_set(self, root, label_noise, preference_seed, task_seed, sft_steps, batch_size, shuffle, seed,
+                        unpaired=True)
