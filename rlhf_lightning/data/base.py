@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections import Counter
 from typing import Callable, Literal, Optional
@@ -12,6 +13,14 @@ from torch.utils.data import DataLoader, Dataset
 from rlhf_lightning.errors import RecipeError
 
 OnBadRow = Literal["skip", "error"]
+
+
+def run_seed(seed: Optional[int]) -> int:
+    """``seed``, or the run's ``seed_everything`` (Lightning exports it as ``PL_GLOBAL_SEED``) when None,
+    so that ``--seed_everything N`` also changes the data order."""
+    if seed is not None:
+        return seed
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
 
 class Records(Dataset):

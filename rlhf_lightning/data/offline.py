@@ -18,7 +18,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from rlhf_lightning.batches import SequenceBatch
-from rlhf_lightning.data.base import BadRows, OnBadRow, Records, ResumableTrainLoader
+from rlhf_lightning.data.base import BadRows, OnBadRow, Records, ResumableTrainLoader, run_seed
 from rlhf_lightning.data.encoding import encode_prompt, encode_response, pad_prompt_response, response_text
 from rlhf_lightning.data.files import read_records, require_columns
 from rlhf_lightning.errors import RecipeError
@@ -40,7 +40,7 @@ class OfflineDataModule(ResumableTrainLoader, LightningDataModule):
         max_response_length: responses longer than this many tokens (EOS included) are bad rows.
         on_bad_row: ``skip`` (count, warn, drop) or ``error``.
         shuffle: shuffle training rows each epoch (seeded).
-        seed: shuffling seed.
+        seed: shuffling seed (default: the run's ``seed_everything``).
     """
 
     response_columns: tuple[str, ...] = ()
@@ -49,7 +49,7 @@ class OfflineDataModule(ResumableTrainLoader, LightningDataModule):
                  eval_prompt_file: Optional[str] = None, prompt_column: str = "prompt",
                  reference_column: str = "reference", batch_size: int = 16, max_prompt_length: int = 512,
                  max_response_length: int = 512, on_bad_row: OnBadRow = "skip", shuffle: bool = True,
-                 seed: int = 0) -> None:
+                 seed: Optional[int] = None) -> None:
         super().__init__()
         errors = []
         for key, value in (("batch_size", batch_size), ("max_prompt_length", max_prompt_length),
@@ -66,7 +66,7 @@ class OfflineDataModule(ResumableTrainLoader, LightningDataModule):
         self.batch_size = batch_size
         self.max_prompt_length, self.max_response_length = max_prompt_length, max_response_length
         self.on_bad_row = on_bad_row
-        self.shuffle, self.seed = shuffle, seed
+        self.shuffle, self.seed = shuffle, run_seed(seed)
         self.tokenizer = None
         self.splits: dict[str, list] = {}
         self.eval_prompts: list[dict] = []

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Sampler
 
-from rlhf_lightning.data.base import ResumableTrainLoader
+from rlhf_lightning.data.base import ResumableTrainLoader, run_seed
 from rlhf_lightning.data.files import read_records, require_columns
 from rlhf_lightning.errors import RecipeError
 from rlhf_lightning.models import load_tokenizer
@@ -100,7 +100,7 @@ class PromptDataModule(ResumableTrainLoader, LightningDataModule):
         max_prompt_length: prompts longer than this many tokens are an error or skipped.
         on_long_prompt: ``error`` (default) or ``skip`` (counted and reported).
         shuffle: shuffle training prompts each epoch (seeded by ``seed``).
-        seed: shuffling seed.
+        seed: shuffling seed (default: the run's ``seed_everything``).
         pretrain_file: pretraining / SFT text for the pretraining mix of PPO-ptx (InstructGPT): when set,
             every training batch also carries ``batch["pretrain"]`` (``input_ids``, ``attention_mask``,
             right-padded), drawn from a seeded stream independent of the prompt order (resumable);
@@ -114,7 +114,7 @@ class PromptDataModule(ResumableTrainLoader, LightningDataModule):
                  test_file: Optional[str] = None, prompt_column: str = "prompt",
                  reference_column: Optional[str] = "reference", batch_size: int = 32,
                  max_prompt_length: int = 512, on_long_prompt: Literal["error", "skip"] = "error",
-                 shuffle: bool = True, seed: int = 0, pretrain_file: Optional[str] = None,
+                 shuffle: bool = True, seed: Optional[int] = None, pretrain_file: Optional[str] = None,
                  pretrain_column: str = "text", pretrain_max_length: int = 512,
                  pretrain_batch_size: Optional[int] = None) -> None:
         super().__init__()
@@ -136,7 +136,7 @@ class PromptDataModule(ResumableTrainLoader, LightningDataModule):
         self.batch_size = batch_size
         self.max_prompt_length = max_prompt_length
         self.on_long_prompt = on_long_prompt
-        self.shuffle, self.seed = shuffle, seed
+        self.shuffle, self.seed = shuffle, run_seed(seed)
         self.tokenizer = None
         self.splits: dict[str, list[dict]] = {}
         self._train_loader: Optional[DataLoader] = None

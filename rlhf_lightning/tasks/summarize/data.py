@@ -26,12 +26,13 @@ class SummarizeTask(PromptDataModule):
         max_prompt_length: prompts longer than this many tokens are an error or skipped.
         on_long_prompt: ``error`` or ``skip``.
         shuffle: shuffle training prompts each epoch.
-        seed: shuffling seed.
+        seed: shuffling seed (default: the run's ``seed_everything``).
     """
 
     def __init__(self, root: str = "runs/.cache/summarize", task_seed: int = 0, sft_steps: int = 1800,
                  batch_size: int = 32, max_prompt_length: int = 64,
-                 on_long_prompt: Literal["error", "skip"] = "error", shuffle: bool = True, seed: int = 0) -> None:
+                 on_long_prompt: Literal["error", "skip"] = "error", shuffle: bool = True,
+                 seed: Optional[int] = None) -> None:
         files = TaskFiles.at(root)
         super().__init__(train_file=str(files.train), tokenizer=str(files.sft), validation_file=str(files.validation),
                          test_file=str(files.test), prompt_column="prompt", reference_column="reference",
@@ -108,11 +109,11 @@ class SummarizeSFTData(_EmbeddedOffline, SFTDataModule):
         batch_size: rows per batch.
         max_response_length: responses longer than this many tokens are skipped.
         shuffle: shuffle training rows each epoch.
-        seed: shuffling seed.
+        seed: shuffling seed (default: the run's ``seed_everything``).
     """
 
     def __init__(self, root: str = "runs/.cache/summarize", task_seed: int = 0, sft_steps: int = 1800,
-                 batch_size: int = 64, max_response_length: int = 32, shuffle: bool = True, seed: int = 0) -> None:
+                 batch_size: int = 64, max_response_length: int = 32, shuffle: bool = True, seed: Optional[int] = None) -> None:
         files = TaskFiles.at(root)
         super().__init__(train_file=str(files.train), tokenizer=str(files.sft), response_column="reference",
                          validation_file=str(files.validation), eval_prompt_file=str(files.test),
@@ -148,12 +149,12 @@ class SummarizePreferenceData(_EmbeddedOffline, PreferenceDataModule):
         sft_steps: SFT steps of the task build.
         batch_size: pairs per batch.
         shuffle: shuffle training pairs each epoch.
-        seed: shuffling seed.
+        seed: shuffling seed (default: the run's ``seed_everything``).
     """
 
     def __init__(self, root: str = "runs/.cache/summarize", label_noise: float = 0.1, preference_seed: int = 0,
                  task_seed: int = 0, sft_steps: int = 1800, batch_size: int = 32, shuffle: bool = True,
-                 seed: int = 0) -> None:
+                 seed: Optional[int] = None) -> None:
         _preference_set(self, root, label_noise, preference_seed, task_seed, sft_steps, batch_size, shuffle, seed,
                         unpaired=False)
 
@@ -167,6 +168,6 @@ class SummarizeUnpairedData(_EmbeddedOffline, UnpairedDataModule):
 
     def __init__(self, root: str = "runs/.cache/summarize", label_noise: float = 0.1, preference_seed: int = 0,
                  task_seed: int = 0, sft_steps: int = 1800, batch_size: int = 32, shuffle: bool = True,
-                 seed: int = 0) -> None:
+                 seed: Optional[int] = None) -> None:
         _preference_set(self, root, label_noise, preference_seed, task_seed, sft_steps, batch_size, shuffle, seed,
                         unpaired=True)
