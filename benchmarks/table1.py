@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-KEYS = ("win_rate_vs_sft", "win_rate_vs_reference", "reward", "kl", "seconds_per_batch", "peak_memory_mb")
+KEYS = ("win_rate_vs_sft", "win_rate_vs_reference", "reward", "kl", "seconds_per_batch", "ms_per_sequence",
+        "peak_memory_mb")
 
 
 @dataclass(frozen=True)
@@ -69,11 +70,17 @@ def run_method(method: Method, seed: int, budget: int, prompts_per_batch: int, o
     return summary
 
 
+def per_sequence_ms(method: Method, summary: dict, prompts_per_batch: int) -> float:
+    """Milliseconds per generated (or, for DPO, per preference-pair) sequence of a training batch."""
+    sequences = prompts_per_batch * (method.samples_per_prompt or 2)
+    return round(1000 * summary["seconds_per_batch"] / sequences, 3)
+
+
 def sft_row(summary: dict, seed: int) -> dict:
     """The SFT policy's own row, read from any trained run's evaluation of its reference policy."""
     return {"method": "sft", "seed": seed, "win_rate_vs_sft": 0.5,
             "win_rate_vs_reference": summary["sft_win_rate_vs_reference"], "reward": summary["sft_reward"],
-            "kl": 0.0, "seconds_per_batch": 0.0, "peak_memory_mb": None}
+            "kl": 0.0, "seconds_per_batch": 0.0, "ms_per_sequence": 0.0, "peak_memory_mb": None}
 
 
 def aggregate(rows: list[dict]) -> dict[str, dict[str, tuple[float, float]]]:
@@ -83,7 +90,7 @@ def aggregate(rows: list[dict]) -> dict[str, dict[str, tuple[float, float]]]:
         group = [r for r in rows if r["method"] == name]
         table[name] = {}
         for key in KEYS:
-            values = [r[key] for r in group if r[key] is not None]
+            values = [r[key] for r in group if r.get(key) is not None]
             if values:
                 table[name][key] = (statistics.fmean(values), (max(values) - min(values)) / 2)
     return table
@@ -91,12 +98,14 @@ def aggregate(rows: list[dict]) -> dict[str, dict[str, tuple[float, float]]]:
 
 def write_markdown(table: dict, path: Path, seeds: list[int], budget: int) -> None:
     header = ("| method | win rate vs SFT | win rate vs reference | gold reward | KL to ref | s / rollout batch "
-              "| peak memory (MB) |")
+              "| ms / sequence | peak memory (MB) |")
     lines = [f"Embedded summarisation task, {budget} generated samples per run, seeds {seeds}; "
-             "mean ± half-range over seeds.", "", header, "|" + "---|" * 7]
+             "mean ± half-range over seeds. A batch holds 32 prompts × the method's samples per prompt "
+             "(DPO: 32 pairs = 64 sequences); ms / sequence = s per batch / sequences per batch.",
+             "", header, "|" + "---|" * 8]
     for name, stats in table.items():
         cells = []
-        for key, digits in zip(KEYS, (3, 3, 3, 2, 3, 0)):
+        for key, digits in zip(KEYS, (3, 3, 3, 2, 3, 2, 0)):
             if key in stats:
                 mean, spread = stats[key]
                 cells.append(f"{mean:.{digits}f} ± {spread:.{digits}f}")
@@ -133,8 +142,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget", type=int, default=1024, help="generated samples per run")
     parser.add_argument("--prompts-per-batch", type=int, default=32)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite table1.md and the plot from an existing table1.json")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        rows = json.loads((args.out / "table1.json").read_text())
+        for row in rows:
+            if row["method"] == "sft":
+                row["ms_per_sequence"] = 0.0
+            elif row.get("ms_per_sequence") is None:
+                row["ms_per_sequence"] = per_sequence_ms(METHODS[row["method"]], row, args.prompts_per_batch)
+        report(rows, args)
+        return
 
     rows: list[dict] = []
     for seed in args.seeds:
@@ -146,12 +166,18 @@ def main(argv: list[str] | None = None) -> None:
             summary = run_method(METHODS[name], seed, args.budget, args.prompts_per_batch, args.out)
             summaries[name] = summary
             rows.append({"method": name, "seed": seed, **{k: summary.get(k) for k in KEYS}})
+            rows[-1]["ms_per_sequence"] = per_sequence_ms(METHODS[name], summary, args.prompts_per_batch)
         if "sft" in args.methods and summaries:
             rows.insert(len(rows) - len(summaries), sft_row(next(iter(summaries.values())), seed))
+    report(rows, args)
+
+
+def report(rows: list[dict], args: argparse.Namespace) -> None:
     order = {name: i for i, name in enumerate(METHODS)}
     rows.sort(key=lambda r: (order[r["method"]], r["seed"]))
     (args.out / "table1.json").write_text(json.dumps(rows, indent=2))
-    write_markdown(aggregate(rows), args.out / "table1.md", args.seeds, args.budget)
+    seeds = sorted({r["seed"] for r in rows})
+    write_markdown(aggregate(rows), args.out / "table1.md", seeds, args.budget)
     plot(rows, args.out / "reward_vs_kl.png")
     print((args.out / "table1.md").read_text())
 

@@ -264,18 +264,10 @@ class RLHFModule(LightningModule):
         return metrics
 
     def _log_step(self, metrics: dict[str, float], batch_size: int) -> None:
-        """Per-step scalars to the loggers. With one process they go straight to the loggers every
-        ``log_every_n_steps`` (``self.log`` costs ~0.5 ms per key, ~10 % of a tiny model's step);
-        with several they go through ``self.log_dict`` to be averaged over processes."""
-        if self.trainer.world_size > 1:
-            self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=batch_size, sync_dist=True)
-            return
-        step = self.trainer.fit_loop.epoch_loop._batches_that_stepped  # the step self.log would use
-        if (step + 1) % max(self.trainer.log_every_n_steps, 1) and not self.trainer.fit_loop.epoch_loop.done:
-            return
-        values = {key: float(value) for key, value in metrics.items()}
-        for logger in self.loggers:
-            logger.log_metrics(values, step=step)
+        """Per-step scalars through ``self.log_dict`` (so callbacks such as ``ModelCheckpoint(monitor=...)``
+        and ``EarlyStopping`` see them), averaged over processes when there are several."""
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=batch_size,
+                      sync_dist=self.trainer.world_size > 1)
 
     def _forward(self, chunk: Any) -> tuple[Optional[Tensor], dict[str, Tensor]]:
         """What the objective's loss needs for one chunk: policy log-probs (or reward-model scores),
