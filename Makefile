@@ -53,6 +53,7 @@ table1: $(STAMP)
 vs-trl: $(STAMP)
 	$(BIN)/python -m pip install --quiet trl
 	$(BIN)/python benchmarks/vs_trl.py
+	$(BIN)/python benchmarks/dpo_vs_trl.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -62,6 +62,7 @@ WORKER_STARTED = time.perf_counter()  # in a worker: before torch and the librar
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
+sys.dont_write_bytecode = True  # no __pycache__ next to the benchmarks from `import vs_trl`
 
 from vs_trl import ENV, TASK_DIR, _Clock, _rss_peak_mb, _single_thread, count_parameters, versions  # noqa: E402
 
