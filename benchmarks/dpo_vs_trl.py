@@ -52,7 +52,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -64,6 +63,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 sys.dont_write_bytecode = True  # no __pycache__ next to the benchmarks from `import vs_trl`
 
+import vs_trl  # noqa: E402
 from vs_trl import ENV, TASK_DIR, _Clock, _rss_peak_mb, _single_thread, count_parameters, versions  # noqa: E402
 
 PREFERENCES = TASK_DIR / "preferences-noise0.1-seed0" / "train.jsonl"
@@ -326,21 +326,9 @@ def prepare_inputs(work: Path, n_pairs: int) -> tuple[Path, Path]:
 
 
 def run_config(name: str, base: dict, work: Path, repeat: int) -> dict:
-    spec = {**base, "name": name, "run_dir": str(work / f"{name}_r{repeat}")}
-    spec_path, result_path = work / f"{name}_r{repeat}.spec.json", work / f"{name}_r{repeat}.result.json"
-    spec_path.write_text(json.dumps(spec))
-    env = {**os.environ, **ENV}
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    started = time.time()
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_path), str(result_path)],
-                          cwd=work, env=env, capture_output=True, text=True)
-    (work / f"{name}_r{repeat}.log").write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{name} failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-5000:]}")
-    result = json.loads(result_path.read_text())
-    print(f"  {name:<16} {result['pairs_per_second']:7.1f} pairs/s  peak {result['peak_rss_mb']:6.0f} MB  "
-          f"updates {result['optimizer_updates']:>3}  ({time.time() - started:.0f} s)", flush=True)
-    return result
+    """One configuration in its own process (the runner of ``vs_trl.py``, with this file as the worker)."""
+    return vs_trl.run_config(name, base, work, repeat, script=Path(__file__).resolve(),
+                             rate_key="pairs_per_second", unit="pairs/s")
 
 
 def aggregate(results: dict[str, list[dict]]) -> dict[str, dict]:

@@ -372,7 +372,9 @@ def count_parameters(path: Path) -> int:
     return total
 
 
-def run_config(name: str, base: dict, work: Path, repeat: int) -> dict:
+def run_config(name: str, base: dict, work: Path, repeat: int, script: Path = Path(__file__).resolve(),
+               rate_key: str = "samples_per_second", unit: str = "samples/s") -> dict:
+    """Run one configuration in a fresh process (``script --worker SPEC RESULT``) and read its result."""
     spec = {**base, "name": name, "run_dir": str(work / f"{name}_r{repeat}")}
     spec_path = work / f"{name}_r{repeat}.spec.json"
     result_path = work / f"{name}_r{repeat}.result.json"
@@ -380,13 +382,13 @@ def run_config(name: str, base: dict, work: Path, repeat: int) -> dict:
     env = {**os.environ, **ENV}
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     started = time.time()
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_path), str(result_path)],
+    proc = subprocess.run([sys.executable, str(script), "--worker", str(spec_path), str(result_path)],
                           cwd=work, env=env, capture_output=True, text=True)
     (work / f"{name}_r{repeat}.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         raise RuntimeError(f"{name} failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-5000:]}")
     result = json.loads(result_path.read_text())
-    print(f"  {name:<19} {result['samples_per_second']:7.1f} samples/s  peak {result['peak_rss_mb']:6.0f} MB  "
+    print(f"  {name:<19} {result[rate_key]:7.1f} {unit}  peak {result['peak_rss_mb']:6.0f} MB  "
           f"updates {result['optimizer_updates']:>3}  ({time.time() - started:.0f} s)", flush=True)
     return result
 

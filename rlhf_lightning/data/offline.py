@@ -90,7 +90,7 @@ class OfflineDataModule(ResumableTrainLoader, LightningDataModule):
         try:
             ids = encode_prompt(self.tokenizer, record[self.prompt_column])
         except ValueError as error:
-            raise RecipeError(f"data.init_args.prompt_column", str(error),
+            raise RecipeError("data.init_args.prompt_column", str(error),
                               "use a tokenizer with a chat template, or plain-text prompts") from None
         if len(ids) > self.max_prompt_length:
             return f"prompts longer than max_prompt_length={self.max_prompt_length}"

@@ -77,14 +77,16 @@ class REINFORCE(Objective):
         return rollout
 
     def loss(self, logprobs: Tensor, rollout: Rollout) -> tuple[Tensor, dict[str, Tensor]]:
-        advantages = prepared_advantages(rollout, type(self).__name__)  # [N]
-        sequence_logprobs = masked_sum(logprobs, rollout.response_mask)  # [N] ln π_θ(y|x)
-        loss = -(advantages * sequence_logprobs).mean()
-        metrics = {
-            "loss/policy": loss.detach(),
-            "reinforce/logprob": sequence_logprobs.detach().mean(),
-        }
-        return loss, metrics
+        return advantage_weighted_loss(logprobs, rollout, type(self).__name__, "reinforce")
+
+
+def advantage_weighted_loss(logprobs: Tensor, rollout: Rollout, name: str,
+                            namespace: str) -> tuple[Tensor, dict[str, Tensor]]:
+    """``L = −mean_i[A_i · ln π_θ(y_i|x)]`` with the advantages ``prepare`` stored (REINFORCE, RLOO)."""
+    advantages = prepared_advantages(rollout, name)  # [N]
+    sequence_logprobs = masked_sum(logprobs, rollout.response_mask)  # [N] ln π_θ(y|x)
+    loss = -(advantages * sequence_logprobs).mean()
+    return loss, {"loss/policy": loss.detach(), f"{namespace}/logprob": sequence_logprobs.detach().mean()}
 
 
 def prepared_advantages(rollout: Rollout, name: str) -> Tensor:

@@ -8,9 +8,8 @@ from torch import Tensor
 
 from rlhf_lightning.advantages import leave_one_out_advantages
 from rlhf_lightning.errors import RecipeError
-from rlhf_lightning.logprobs import masked_sum
 from rlhf_lightning.objectives.base import Objective
-from rlhf_lightning.objectives.reinforce import prepared_advantages
+from rlhf_lightning.objectives.reinforce import advantage_weighted_loss
 from rlhf_lightning.rollout import Rollout
 
 
@@ -52,11 +51,4 @@ class RLOO(Objective):
         return rollout
 
     def loss(self, logprobs: Tensor, rollout: Rollout) -> tuple[Tensor, dict[str, Tensor]]:
-        advantages = prepared_advantages(rollout, type(self).__name__)  # [N]
-        sequence_logprobs = masked_sum(logprobs, rollout.response_mask)  # [N] ln π_θ(y_i|x)
-        loss = -(advantages * sequence_logprobs).mean()
-        metrics = {
-            "loss/policy": loss.detach(),
-            "rloo/logprob": sequence_logprobs.detach().mean(),
-        }
-        return loss, metrics
+        return advantage_weighted_loss(logprobs, rollout, type(self).__name__, "rloo")
