@@ -473,19 +473,8 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.repeats} repeat(s); work dir {work}", flush=True)
     load_before = os.getloadavg()
     started = time.time()
-    results: dict[str, list[dict]] = {name: [] for name in args.only}
-    try:
-        for repeat in range(args.repeats):
-            print(f"repeat {repeat + 1}/{args.repeats}  (load average {os.getloadavg()[0]:.2f})", flush=True)
-            for name in args.only:
-                results[name].append(run_config(name, base, work, repeat))
-    except BaseException:
-        print(f"dpo_vs_trl: stopped; logs of the runs are in {work}", file=sys.stderr)
-        raise
-    if args.keep_work:
-        print(f"run folders and logs kept in {work}")
-    else:
-        shutil.rmtree(work, ignore_errors=True)
+    results = vs_trl.round_robin(args.only, args.repeats, work, args.keep_work, "dpo_vs_trl",
+                                 lambda name, repeat: run_config(name, base, work, repeat))
     rows = aggregate(results)
     pairs = ratios(rows)
     parameters = count_parameters(TASK_DIR / "sft" / "model.safetensors")

@@ -54,6 +54,7 @@ import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import Callable
 
 WORKER_STARTED = time.perf_counter()  # in a worker: before torch and the libraries are imported
 ROOT = Path(__file__).resolve().parents[1]
@@ -372,6 +373,26 @@ def count_parameters(path: Path) -> int:
     return total
 
 
+def round_robin(names: list[str], repeats: int, work: Path, keep_work: bool, label: str,
+                run: Callable[[str, int], dict]) -> dict[str, list[dict]]:
+    """Every configuration once per repeat, in turn (so slow phases of a shared machine hit all of them);
+    the work folder is removed afterwards unless ``keep_work``."""
+    results: dict[str, list[dict]] = {name: [] for name in names}
+    try:
+        for repeat in range(repeats):
+            print(f"repeat {repeat + 1}/{repeats}  (load average {os.getloadavg()[0]:.2f})", flush=True)
+            for name in names:
+                results[name].append(run(name, repeat))
+    except BaseException:
+        print(f"{label}: stopped; logs of the runs are in {work}", file=sys.stderr)
+        raise
+    if keep_work:
+        print(f"run folders and logs kept in {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
 def run_config(name: str, base: dict, work: Path, repeat: int, script: Path = Path(__file__).resolve(),
                rate_key: str = "samples_per_second", unit: str = "samples/s") -> dict:
     """Run one configuration in a fresh process (``script --worker SPEC RESULT``) and read its result."""
@@ -532,19 +553,8 @@ def main(argv: list[str] | None = None) -> None:
           f"completions, max_new_tokens {args.max_new_tokens}, {args.repeats} repeat(s); work dir {work}", flush=True)
     load_before = os.getloadavg()
     started = time.time()
-    results: dict[str, list[dict]] = {name: [] for name in args.only}
-    try:
-        for repeat in range(args.repeats):
-            print(f"repeat {repeat + 1}/{args.repeats}", flush=True)
-            for name in args.only:
-                results[name].append(run_config(name, base, work, repeat))
-    except BaseException:
-        print(f"vs_trl: stopped; logs of the runs are in {work}", file=sys.stderr)
-        raise
-    if args.keep_work:
-        print(f"run folders, logs and CSVs kept in {work}")
-    else:
-        shutil.rmtree(work, ignore_errors=True)
+    results = round_robin(args.only, args.repeats, work, args.keep_work, "vs_trl",
+                          lambda name, repeat: run_config(name, base, work, repeat))
     rows = aggregate(results)
     pairs = ratios(rows)
     meta = {**base, "repeats": args.repeats, "model_parameters": parameters, "versions": versions(),
