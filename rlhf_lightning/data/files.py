@@ -33,7 +33,7 @@ def read_records(path: str, field: str) -> list[dict]:
             return pq.read_table(p).to_pylist()
     except ImportError as error:
         raise RecipeError(field, f"reading '{path}' needs an optional package ({error.name})",
-                          f"pip install {error.name}") from None
+                          f"pip install {error.name} (or pip install rlhf-lightning[data])") from None
     except (ValueError, KeyError) as error:
         raise RecipeError(field, f"cannot parse '{path}': {error}", "check the file format") from None
     raise RecipeError(field, f"unsupported data file type '{p.suffix}'", "use .jsonl, .json, .parquet or a dataset directory")
