@@ -193,15 +193,7 @@ def worker_trl(spec: dict) -> dict:
     current: dict[str, float] = {}
     extra = {"widths": [], "tokens": [], "precompute_seconds": 0.0}
 
-    def timed(function, key):
-        def wrapper(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                current[key + "_end"] = end = time.perf_counter()
-                current[key] = current.get(key, 0.0) + end - start
-        return wrapper
+    timed = vs_trl.make_timer(current)
 
     class Clock(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):

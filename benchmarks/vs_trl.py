@@ -254,15 +254,7 @@ def worker_trl(spec: dict) -> dict:
     clock = bench._Clock()
     current: dict[str, float] = {}
 
-    def timed(function, key):
-        def wrapper(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                current[key + "_end"] = end = time.perf_counter()
-                current[key] = current.get(key, 0.0) + end - start
-        return wrapper
+    timed = make_timer(current)
 
     class Clock(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
@@ -371,6 +363,21 @@ def count_parameters(path: Path) -> int:
                 count *= dim
             total += count
     return total
+
+
+def make_timer(current: dict[str, float]) -> Callable[[Callable, str], Callable]:
+    """``timed(function, key)`` wraps ``function`` so that each call adds its seconds to ``current[key]``
+    and records when it ended in ``current[key + "_end"]`` (for the TRL step breakdowns)."""
+    def timed(function: Callable, key: str) -> Callable:
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                current[key + "_end"] = end = time.perf_counter()
+                current[key] = current.get(key, 0.0) + end - start
+        return wrapper
+    return timed
 
 
 def round_robin(names: list[str], repeats: int, work: Path, keep_work: bool, label: str,
