@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from lightning.pytorch import Callback
+
 from rlhf_lightning.cli import RLHFCLI
 
 
@@ -44,3 +46,11 @@ def tiny_run_args(model_dir: Path, data: dict, root: Path, *, batches: int = 8, 
 
 def run_cli(args: Sequence[str]) -> RLHFCLI:
     return RLHFCLI(args=list(args))
+
+
+def fit_with_callbacks(args: Sequence[str], *callbacks: Callback) -> RLHFCLI:
+    """Like :func:`run_cli` (``args`` start with ``fit``), with extra callbacks added to the trainer."""
+    cli = RLHFCLI(args=list(args[1:]), run=False)
+    cli.trainer.callbacks.extend(callbacks)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    return cli

@@ -11,8 +11,7 @@ import json
 import torch
 from lightning.pytorch import Callback
 
-from rlhf_lightning.cli import RLHFCLI
-from runs import run_cli, tiny_run_args
+from runs import fit_with_callbacks, run_cli, tiny_run_args
 
 REBEL = "rlhf_lightning.objectives.rebel.REBEL"
 
@@ -55,10 +54,8 @@ def test_rebel_best_worst_of_four_learns_the_reward(tiny_model, tiny_data, tmp_p
     objective = ["--model.objective", REBEL, "--model.objective.inner_epochs", "2",
                  "--model.objective.pairs", "best_worst", "--model.objective.num_samples", "4"]
     args = tiny_run_args(tiny_model, tiny_data, tmp_path, batches=8, objective=objective)
-    cli = RLHFCLI(args=args[1:], run=False)
     recorder = RecordRollouts()
-    cli.trainer.callbacks.append(recorder)
-    cli.trainer.fit(cli.model, cli.datamodule)
+    cli = fit_with_callbacks(args, recorder)
     assert_learned(tmp_path)
     first = recorder.rollouts[0]
     assert first.group_size == 4 and len(first) == 8 * 4  # N = 4 samples of each of the 8 prompts
@@ -72,10 +69,8 @@ def test_rebel_with_dataset_pairs_learns_the_reward(tiny_model, tiny_data, tmp_p
     objective = ["--model.objective", REBEL, "--model.objective.inner_epochs", "2",
                  "--model.objective.pairs", "dataset"]
     args = tiny_run_args(tiny_model, tiny_data, tmp_path, batches=8, objective=objective)
-    cli = RLHFCLI(args=args[1:], run=False)
     recorder = RecordRollouts()
-    cli.trainer.callbacks.append(recorder)
-    cli.trainer.fit(cli.model, cli.datamodule)
+    cli = fit_with_callbacks(args, recorder)
     assert_learned(tmp_path)
     tokenizer = cli.model.tokenizer
     for rollout in recorder.rollouts:
@@ -94,10 +89,8 @@ def test_rebel_learns_from_a_preference_function(tiny_model, tiny_data, tmp_path
              "--trainer.callbacks.judge", "rlhf_lightning.rewards.FunctionReward",
              "--trainer.callbacks.judge.function", "tiny.good_word_reward"]
     args = tiny_run_args(tiny_model, tiny_data, tmp_path, batches=8, extra=extra)
-    cli = RLHFCLI(args=args[1:], run=False)
     recorder = RecordRollouts()
-    cli.trainer.callbacks.append(recorder)
-    cli.trainer.fit(cli.model, cli.datamodule)
+    fit_with_callbacks(args, recorder)
     assert_learned(tmp_path)
     for rollout in recorder.rollouts:  # pair rewards are win probabilities: they sum to 1 per prompt
         torch.testing.assert_close(rollout.rewards.view(-1, 2).sum(-1), torch.ones(8))

@@ -13,11 +13,11 @@ from lightning.pytorch import Callback
 from transformers import AutoModelForCausalLM
 
 from rlhf_lightning.callbacks import Rollout
-from rlhf_lightning.cli import RLHFCLI, main
+from rlhf_lightning.cli import main
 from rlhf_lightning.data.prompts import PretrainStream, PromptDataModule
 from rlhf_lightning.errors import RecipeError
 from rlhf_lightning.logprobs import sequence_nll
-from runs import run_cli, tiny_run_args
+from runs import fit_with_callbacks, run_cli, tiny_run_args
 
 PPO_CLASS = "rlhf_lightning.objectives.ppo.PPO"
 
@@ -107,10 +107,8 @@ def test_ppo_ptx_logs_the_lm_loss_and_trains_on_the_pretraining_text(tiny_model,
                          objective=ppo_args("--model.objective.ptx_coef", "5.0"),
                          extra=["--model.critic.path", str(tiny_model), "--data.pretrain_file", str(pretrain),
                                 "--data.pretrain_batch_size", "4"])
-    cli = RLHFCLI(args=args[1:], run=False)
     recorder = RecordPretrain()
-    cli.trainer.callbacks.append(recorder)
-    cli.trainer.fit(cli.model, cli.datamodule)
+    cli = fit_with_callbacks(args, recorder)
 
     rows = train_rows(tmp_path / "run")
     assert len(rows) == 3

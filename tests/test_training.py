@@ -10,7 +10,7 @@ from lightning.pytorch import Callback
 from transformers import AutoModelForCausalLM
 
 from rlhf_lightning.data.prompts import ResumableShuffleSampler
-from runs import run_cli, tiny_run_args
+from runs import fit_with_callbacks, run_cli, tiny_run_args
 
 
 def test_rebel_learns_the_reward(tiny_model, tiny_data, tmp_path):
@@ -62,13 +62,8 @@ def test_resume_matches_uninterrupted_run(tiny_model, tiny_data, tmp_path):
     full = run_cli(tiny_run_args(tiny_model, tiny_data, full_root, batches=6, extra=_checkpointing(full_root)))
 
     crash_args = tiny_run_args(tiny_model, tiny_data, crash_root, batches=6, extra=_checkpointing(crash_root))
-    crash_cli_args = crash_args[:]
     with pytest.raises(RuntimeError, match="simulated crash"):
-        from rlhf_lightning.cli import RLHFCLI
-
-        cli = RLHFCLI(args=crash_cli_args[1:], run=False)
-        cli.trainer.callbacks.append(CrashAt(3))
-        cli.trainer.fit(cli.model, cli.datamodule)
+        fit_with_callbacks(crash_args, CrashAt(3))
     assert (crash_root / "checkpoints" / "last.ckpt").exists()
 
     resumed = run_cli(crash_args + ["--ckpt_path", str(crash_root / "checkpoints" / "last.ckpt")])
@@ -91,14 +86,10 @@ def test_checkpoint_skips_frozen_reference_and_loads_weights_only(tiny_model, ti
 
 def test_prompt_order_is_seeded_and_covers_each_epoch(tiny_model, tiny_data, tmp_path):
     """Two epochs of 8 batches × 8 prompts over 64 prompts: each epoch is a new permutation of all rows."""
-    from rlhf_lightning.cli import RLHFCLI
-
     args = tiny_run_args(tiny_model, tiny_data, tmp_path, batches=8)
     args[args.index("--trainer.max_epochs") + 1] = "2"
-    cli = RLHFCLI(args=args[1:], run=False)
     recorder = RecordPrompts()
-    cli.trainer.callbacks.append(recorder)
-    cli.trainer.fit(cli.model, cli.datamodule)
+    cli = fit_with_callbacks(args, recorder)
     assert len(recorder.prompts) == 16
     sampler = cli.datamodule.train_dataloader().sampler
     orders = []
