@@ -13,21 +13,9 @@ from rlhf_lightning.errors import RecipeError
 from rlhf_lightning.objectives.rloo import RLOO
 from rlhf_lightning.rollout import Rollout
 
-GARBAGE = 100.0
-
-P = 3
-PROMPT_MASK = [[0, 1, 1], [0, 1, 1], [1, 1, 1], [1, 1, 1]]
-RESPONSE_MASK = [[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
-POLICY = [[-0.5, -1.0, -0.25, None], [-2.0, -0.75, None, None],
-          [-0.1, -0.2, -0.3, -0.4], [-3.0, None, None, None]]
-OLD = [[-0.75, -1.5, -0.5, None], [-1.0, -1.0, None, None],
-       [-0.2, -0.2, -0.2, -0.2], [-2.5, None, None, None]]
-SHAPED = [0.8, -0.3, 0.1, 0.6]  # r̃
-RAW = [50.0, -50.0, 70.0, -70.0]  # raw r: must not be used
-
-
-def tensor_with_garbage(rows, garbage=GARBAGE):
-    return torch.tensor([[garbage if v is None else v for v in row] for row in rows])
+# the hand-checked 2 prompts × 2 samples fixture of the REBEL tests (left-padded prompt 0, garbage in padding)
+from test_rebel import (GARBAGE, OLD, P, POLICY, PROMPT_MASK, RAW, RESPONSE_MASK, SHAPED,  # noqa: E402
+                        tensor_with_garbage)
 
 
 def make_rollout(group_size=2, shaped=SHAPED) -> Rollout:
