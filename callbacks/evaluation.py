@@ -13,6 +13,7 @@ from torch import Tensor
 
 from rlhf_lightning.rewards import RewardSource
 from rlhf_lightning.errors import RecipeError
+from rlhf_lightning.step_metrics import logger_step
 
 
 def win_rate(scores: Tensor, other_scores: Tensor) -> float:
@@ -203,12 +204,6 @@ class WinRateEvaluation(Callback):
 def rollout_batches_done(trainer: Trainer) -> int:
     """Rollout (training) batches completed so far in this run, resumed runs included."""
     return trainer.fit_loop.epoch_loop.batch_progress.total.processed
-
-
-def logger_step(trainer: Trainer) -> int:
-    """The step Lightning's ``self.log`` uses, so evaluation rows line up with training rows (W&B
-    drops rows whose step goes backwards)."""
-    return trainer.fit_loop.epoch_loop._batches_that_stepped
 
 
 def trainer_collate(pl_module: LightningModule, rows: list[dict]) -> dict:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import time
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
 from rlhf_lightning.errors import RecipeError
-from rlhf_lightning.logprobs import kl_shaped_reward, masked_mean
 from rlhf_lightning.rollout import Rollout as RolloutBatch
 
 
@@ -39,7 +38,9 @@ class Rollout(Callback):
     set, for hybrid pairs), records ``ln π_t`` and ``ln π_ref`` per token (and the critic's values when
     the objective has one), computes the raw reward (responses without EOS get ``no_eos_reward``) and
     the shaped reward ``r̃ = r − γ·(ln π_t(y|x) − ln π_ref(y|x))``, and stores the result in
-    ``batch["rollout"]`` for ``RLHFModule.training_step``.
+    ``batch["rollout"]`` for ``RLHFModule.training_step``. When the module's update is a single forward
+    over exactly these rows before any parameter change (``RLHFModule.old_logprobs_from_update``),
+    ``ln π_t`` and the shaping are left to that forward, which gives the same numbers one pass cheaper.
 
     With ``target_kl`` set, γ follows the adaptive controller of Ziegler et al. (2019):
     ``γ ← γ·(1 + clip(KL/target − 1, −0.2, 0.2)·n/horizon)`` after each batch of ``n`` samples.
@@ -156,8 +157,12 @@ class Rollout(Callback):
         prompt_length = prompt_ids.shape[1]
         generation_seconds = time.perf_counter() - start
 
-        old_logprobs, entropy = pl_module.policy_logprobs(input_ids, attention_mask, prompt_length,
-                                                          self.temperature, with_entropy=True)
+        # ln π_t: from a no-grad pass here, or (when the module's next update is one forward over these
+        # very rows with π_θ = π_t) from that update's own forward, which saves this pass
+        deferred = getattr(pl_module, "takes_old_logprobs_from_update", lambda rows: False)(len(input_ids))
+        if not deferred:
+            old_logprobs, entropy = pl_module.policy_logprobs(input_ids, attention_mask, prompt_length,
+                                                              self.temperature, with_entropy=True)
         ref_logprobs = pl_module.reference_logprobs(input_ids, attention_mask, prompt_length, self.temperature)
         values = (pl_module.critic_values(input_ids, attention_mask, prompt_length)
                   if objective.needs_critic else None)
@@ -166,23 +171,26 @@ class Rollout(Callback):
         rewards = pl_module.reward.score_groups(prompts, texts, group).to(input_ids.device).float()  # [N]
         if self.no_eos_reward is not None:
             rewards = torch.where(has_eos, rewards, torch.full_like(rewards, self.no_eos_reward))
-        mask = response_mask.float()
-        sequence_kl = (old_logprobs - ref_logprobs).sum(-1)  # [N]
-        kl_coef = self.kl_coef if objective.kl_in_reward else 0.0
-        shaped = kl_shaped_reward(rewards, old_logprobs.sum(-1), ref_logprobs.sum(-1), kl_coef)
-        metrics = {
+        rollout = RolloutBatch(input_ids=input_ids, attention_mask=attention_mask, prompt_length=prompt_length,
+                               old_logprobs=None, ref_logprobs=ref_logprobs, rewards=rewards, shaped_rewards=None,
+                               group_size=group, temperature=self.temperature,
+                               kl_coef=self.kl_coef if objective.kl_in_reward else 0.0, values=values)
+        rollout.metrics = {
             "reward/raw": rewards.mean().item(),
-            "reward/shaped": shaped.mean().item(),
-            "kl/ref": sequence_kl.mean().item(),
-            "gen/length": mask.sum(-1).mean().item(),
+            "gen/length": response_mask.sum(-1).float().mean().item(),
             "gen/eos_share": has_eos.float().mean().item(),
-            "gen/entropy": masked_mean(entropy, mask).item(),
             "time/generation_seconds": generation_seconds,
-            "time/rollout_seconds": time.perf_counter() - start,
         }
-        self.update_kl_coef(pl_module.reduce_sum(sequence_kl.mean()).item() / max(pl_module.trainer.world_size, 1)
-                            if pl_module._trainer is not None else sequence_kl.mean().item(), len(rewards))
-        return RolloutBatch(input_ids=input_ids, attention_mask=attention_mask, prompt_length=prompt_length,
-                            old_logprobs=old_logprobs, ref_logprobs=ref_logprobs, rewards=rewards,
-                            shaped_rewards=shaped, group_size=group, temperature=self.temperature,
-                            kl_coef=kl_coef, values=values, metrics=metrics)
+        if not deferred:
+            rollout.attach_policy_logprobs(old_logprobs, entropy)
+        rollout.metrics["time/rollout_seconds"] = time.perf_counter() - start
+        return rollout
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        """Adaptive KL: one controller step with this batch's KL to the reference (mean over processes)."""
+        rollout = batch.get("rollout") if isinstance(batch, dict) else None
+        if self.target_kl is None or rollout is None or "kl/ref" not in rollout.metrics:
+            return
+        observed = pl_module.reduce_sum(torch.tensor(rollout.metrics["kl/ref"], device=pl_module.device))
+        self.update_kl_coef(observed.item() / max(trainer.world_size, 1), len(rollout))

@@ -62,8 +62,10 @@ class GroupedRows:
 
     def minibatches(self: B, num_minibatches: int, generator: torch.Generator | None = None) -> list[B]:
         """Shuffle the groups and split them into ``num_minibatches`` near-equal parts of whole groups
-        (fewer only when there are fewer groups than minibatches)."""
-        order = torch.randperm(self.num_prompts, generator=generator)
+        (fewer only when there are fewer groups than minibatches). One minibatch is the batch itself."""
+        order = torch.randperm(self.num_prompts, generator=generator)  # drawn even when unused: same random stream
+        if num_minibatches == 1:
+            return [self]
         return [self.select_prompts(part) for part in order.tensor_split(min(num_minibatches, self.num_prompts))]
 
     def split(self: B, max_rows: int) -> list[B]:

@@ -62,11 +62,13 @@ def _response_logits(model: nn.Module, input_ids: Tensor, attention_mask: Tensor
 
 
 def response_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, prompt_length: int,
-                      temperature: float = 1.0, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+                      temperature: float = 1.0, with_entropy: bool = False,
+                      entropy_grad: bool = True) -> tuple[Tensor, Tensor | None]:
     """Per-token ``ln π(y_i | x, y_<i)`` over the response block, zero on padding.
 
     Returns ``(logprobs [N, R], entropy [N, R] or None)``; sum over the last dim for ``ln π(y|x)``.
-    The entropy carries gradients when grad is enabled (for an entropy bonus).
+    The entropy carries gradients when grad is enabled and ``entropy_grad`` (for an entropy bonus);
+    ``entropy_grad=False`` gives it detached, for metrics.
     """
     logits = _response_logits(model, input_ids, attention_mask, prompt_length)
     labels = input_ids[:, prompt_length:]
@@ -74,7 +76,8 @@ def response_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tenso
     logprobs = token_logprobs_from_logits(logits, labels, temperature) * mask.float()
     entropy = None
     if with_entropy:
-        entropy = entropy_from_logits(logits, temperature) * mask.float()
+        with torch.set_grad_enabled(torch.is_grad_enabled() and entropy_grad):
+            entropy = entropy_from_logits(logits, temperature) * mask.float()
     return logprobs, entropy
 
 

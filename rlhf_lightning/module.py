@@ -26,6 +26,7 @@ from rlhf_lightning.models import (ModelConfig, disable_dropout, freeze, load_ca
 from rlhf_lightning.objectives.base import Objective
 from rlhf_lightning.rewards import RewardModel, RewardSource
 from rlhf_lightning.rollout import Rollout
+from rlhf_lightning.step_metrics import log_step_metrics
 
 # Known, harmless Lightning warnings: the frozen reference is in eval mode on purpose, and checkpoints
 # written after an optimizer step are what a resumed run needs.
@@ -33,6 +34,7 @@ warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization")
 
 LRSchedule = Literal["constant", "linear", "cosine"]
+_LIVE = "_live_"  # rollout.extras keys of a policy forward that training_step ran before prepare()
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -70,6 +72,12 @@ class RLHFModule(LightningModule):
             gradients accumulated (whole prompt groups are kept together).
         precompute_reference: offline objectives: compute ``ln π_ref`` of every training row once before
             training (then free the frozen reference copy) instead of a reference forward per batch.
+        old_logprobs_from_update: online objectives whose update is one optimizer step over the whole
+            rollout in one forward (``inner_epochs`` 1, ``num_minibatches`` 1, no critic, no row selection in
+            ``prepare``, no micro-batching below the rollout's size): take ``ln π_t`` from that forward
+            (detached) instead of a separate no-grad pass at rollout time. Before the step ``π_θ = π_t``,
+            so the numbers are the same and each batch costs one policy forward less. ``false`` always
+            runs the separate pass.
     """
 
     def __init__(
@@ -87,6 +95,7 @@ class RLHFModule(LightningModule):
         max_grad_norm: Optional[float] = 1.0,
         micro_batch_size: Optional[int] = None,
         precompute_reference: bool = False,
+        old_logprobs_from_update: bool = True,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -112,6 +121,7 @@ class RLHFModule(LightningModule):
         self.max_grad_norm = max_grad_norm
         self.micro_batch_size = micro_batch_size
         self.precompute_reference = precompute_reference
+        self.old_logprobs_from_update = old_logprobs_from_update
         self._reference_cache: Optional[ReferenceCache] = None
         self.policy: Optional[nn.Module] = None
         self.reference: Optional[nn.Module] = None
@@ -196,9 +206,21 @@ class RLHFModule(LightningModule):
         return sequences[:, input_ids.shape[1]:]
 
     def policy_logprobs(self, input_ids: Tensor, attention_mask: Tensor, prompt_length: int,
-                        temperature: float = 1.0, with_entropy: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+                        temperature: float = 1.0, with_entropy: bool = False,
+                        entropy_grad: bool = True) -> tuple[Tensor, Optional[Tensor]]:
         """Per-token ``ln π_θ`` of the response block (with grad when grad is enabled)."""
-        return response_logprobs(self.policy, input_ids, attention_mask, prompt_length, temperature, with_entropy)
+        return response_logprobs(self.policy, input_ids, attention_mask, prompt_length, temperature, with_entropy,
+                                 entropy_grad)
+
+    def takes_old_logprobs_from_update(self, num_rows: int) -> bool:
+        """Whether the update of a rollout of ``num_rows`` rows is a single forward over all of them before
+        any parameter change, so that the rollout callback can leave ``ln π_t`` to it
+        (see ``old_logprobs_from_update``)."""
+        objective = self.objective
+        return (self.old_logprobs_from_update and objective.policy_head == "causal_lm"
+                and objective.inner_epochs == 1 and objective.num_minibatches == 1
+                and not objective.needs_critic and not objective.selects_rollout_rows
+                and (self.micro_batch_size is None or self.micro_batch_size >= num_rows))
 
     @torch.no_grad()
     def reference_logprobs(self, input_ids: Tensor, attention_mask: Tensor, prompt_length: int,
@@ -263,15 +285,25 @@ class RLHFModule(LightningModule):
         # ---- end pretraining mix ----
         return metrics
 
-    def _log_step(self, metrics: dict[str, float], batch_size: int) -> None:
-        """Per-step scalars through ``self.log_dict`` (so callbacks such as ``ModelCheckpoint(monitor=...)``
-        and ``EarlyStopping`` see them), averaged over processes when there are several."""
-        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=batch_size,
-                      sync_dist=self.trainer.world_size > 1)
+    def _forward_for_rollout(self, rollout: Rollout) -> None:
+        """The update's policy forward, run before ``prepare``: its detached log-probs become ``ln π_t``
+        (with the KL shaping and metrics that depend on them), and the live ones wait in ``rollout.extras``
+        for :meth:`_forward`."""
+        logprobs, entropy = self.policy_logprobs(rollout.input_ids, rollout.attention_mask, rollout.prompt_length,
+                                                 rollout.temperature, with_entropy=True,
+                                                 entropy_grad=self.objective.needs_entropy)
+        rollout.extras[_LIVE + "logprobs"] = logprobs
+        if self.objective.needs_entropy:
+            rollout.extras[_LIVE + "entropy"] = entropy
+        rollout.attach_policy_logprobs(logprobs.detach(), entropy.detach())
 
     def _forward(self, chunk: Any) -> tuple[Optional[Tensor], dict[str, Tensor]]:
         """What the objective's loss needs for one chunk: policy log-probs (or reward-model scores),
-        entropy and critic values, all with grad."""
+        entropy and critic values, all with grad. A forward that ``training_step`` already ran over these
+        rows (kept in ``chunk.extras``, which row selection carries along) is used, and dropped, instead."""
+        live = {key.removeprefix(_LIVE): chunk.extras.pop(key) for key in list(chunk.extras) if key.startswith(_LIVE)}
+        if "logprobs" in live:
+            return live.pop("logprobs"), live
         outputs: dict[str, Tensor] = {}
         if self.objective.policy_head == "scalar":
             outputs["scores"] = sequence_scores(self.policy, chunk.input_ids, chunk.attention_mask, chunk.prompt_length)
@@ -315,7 +347,7 @@ class RLHFModule(LightningModule):
         self._rollout_batches += 1
         metrics["train/lr"] = scheduler.get_last_lr()[0]
         metrics["perf/samples_per_second"] = len(batch) / max(seconds, 1e-9)
-        self._log_step(metrics, batch.num_prompts)
+        log_step_metrics(self, metrics)
 
     @torch.no_grad()
     def validation_step(self, batch: Any, batch_idx: int) -> None:
@@ -379,6 +411,8 @@ class RLHFModule(LightningModule):
                                   "(column data.init_args.pretrain_column), or set ptx_coef to 0")
         # ---- end pretraining mix ----
         start = time.perf_counter()
+        if rollout.old_logprobs is None:  # the Rollout callback left ln π_t to this update's forward
+            self._forward_for_rollout(rollout)
         with torch.no_grad():
             rollout = self.objective.prepare(rollout, self.reduce_sum)  # advantages, pair selection, ...
         optimizer = self.optimizers()
@@ -408,9 +442,7 @@ class RLHFModule(LightningModule):
         logged["perf/samples_per_second"] = len(rollout) / max(busy, 1e-9)
         logged["train/lr"] = scheduler.get_last_lr()[0]
         logged["train/rollouts"] = float(batch_idx + 1)
-        self._log_step(logged, rollout.num_prompts)
-        self.log("reward", logged.get("reward/raw", 0.0), prog_bar=True, on_step=True, on_epoch=False,
-                 batch_size=rollout.num_prompts, logger=False)
+        log_step_metrics(self, logged, progress_bar={"reward": "reward/raw"})
 
     # ------------------------------------------------------------------ run bookkeeping
     def on_train_end(self) -> None:

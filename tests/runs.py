@@ -54,3 +54,16 @@ def fit_with_callbacks(args: Sequence[str], *callbacks: Callback) -> RLHFCLI:
     cli.trainer.callbacks.extend(callbacks)
     cli.trainer.fit(cli.model, cli.datamodule)
     return cli
+
+
+class RecordRollouts(Callback):
+    """Keeps each rollout batch the Rollout callback built, and whether it left ``ln π_t`` to the update
+    (``old_logprobs`` still ``None`` when the batch starts)."""
+
+    def __init__(self) -> None:
+        self.rollouts = []
+        self.deferred: list[bool] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.rollouts.append(batch["rollout"])
+        self.deferred.append(batch["rollout"].old_logprobs is None)

@@ -9,9 +9,7 @@ from __future__ import annotations
 import json
 
 import torch
-from lightning.pytorch import Callback
-
-from runs import fit_with_callbacks, run_cli, tiny_run_args
+from runs import RecordRollouts, fit_with_callbacks, run_cli, tiny_run_args
 
 REBEL = "rlhf_lightning.objectives.rebel.REBEL"
 
@@ -26,16 +24,6 @@ def assert_learned(root, margin: float = 0.5) -> dict:
     assert result["reward"] > result["sft_reward"] + margin, result
     assert result["win_rate_vs_sft"] >= 0.75, result
     return result
-
-
-class RecordRollouts(Callback):
-    """Keeps each rollout batch the Rollout callback built (before the objective's prepare)."""
-
-    def __init__(self) -> None:
-        self.rollouts = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.rollouts.append(batch["rollout"])
 
 
 def test_online_dpo_learns_the_reward(tiny_model, tiny_data, tmp_path):

@@ -10,7 +10,7 @@ from lightning.pytorch import Callback
 from transformers import AutoModelForCausalLM
 
 from rlhf_lightning.data.prompts import ResumableShuffleSampler
-from runs import fit_with_callbacks, run_cli, tiny_run_args
+from runs import REBEL_ARGS, fit_with_callbacks, run_cli, tiny_run_args
 
 
 def test_rebel_learns_the_reward(tiny_model, tiny_data, tmp_path):
@@ -56,25 +56,49 @@ def _policy_state(cli) -> dict:
     return {k: v.detach().clone() for k, v in cli.model.policy.state_dict().items()}
 
 
-def test_resume_matches_uninterrupted_run(tiny_model, tiny_data, tmp_path):
-    """Crash after 3 of 6 rollout batches, resume with --ckpt_path last: same weights, same data, same RNG."""
-    full_root, crash_root = tmp_path / "full", tmp_path / "crash"
-    full = run_cli(tiny_run_args(tiny_model, tiny_data, full_root, batches=6, extra=_checkpointing(full_root)))
+RESUMED_RUNS = {  # name → (objective options, Rollout callback options, optimizer updates per rollout batch)
+    # REBEL, 2 inner epochs: ln π_t from the rollout's own no-grad pass
+    "rebel": (REBEL_ARGS, (), 2),
+    # RLOO (1 update per batch: ln π_t from the update's forward) with the adaptive KL controller,
+    # whose γ must also continue where it stopped
+    "rloo_adaptive_kl": (("--model.objective", "rlhf_lightning.objectives.RLOO"),
+                         ("--trainer.callbacks.target_kl", "0.01", "--trainer.callbacks.kl_horizon", "50"), 1),
+}
 
-    crash_args = tiny_run_args(tiny_model, tiny_data, crash_root, batches=6, extra=_checkpointing(crash_root))
+
+@pytest.mark.parametrize("name", list(RESUMED_RUNS))
+def test_resume_matches_uninterrupted_run(tiny_model, tiny_data, tmp_path, name):
+    """Crash after 3 of 6 rollout batches, resume with --ckpt_path last: same weights, same data, same RNG."""
+    objective, rollout_options, updates_per_batch = RESUMED_RUNS[name]
+
+    def args(root):
+        run = tiny_run_args(tiny_model, tiny_data, root, batches=6, objective=objective, extra=_checkpointing(root))
+        at = run.index("--trainer.callbacks+=rlhf_lightning.callbacks.WinRateEvaluation")
+        return run[:at] + list(rollout_options) + run[at:]  # Rollout options right after the Rollout callback
+
+    full_root, crash_root = tmp_path / "full", tmp_path / "crash"
+    full = run_cli(args(full_root))
+
+    crash_args = args(crash_root)
     with pytest.raises(RuntimeError, match="simulated crash"):
         fit_with_callbacks(crash_args, CrashAt(3))
     assert (crash_root / "checkpoints" / "last.ckpt").exists()
 
     resumed = run_cli(crash_args + ["--ckpt_path", str(crash_root / "checkpoints" / "last.ckpt")])
-    assert resumed.trainer.global_step == full.trainer.global_step == 12
+    steps = 6 * updates_per_batch
+    assert resumed.trainer.global_step == full.trainer.global_step == steps
     full_state, resumed_state = _policy_state(full), _policy_state(resumed)
     for key in full_state:
         torch.testing.assert_close(resumed_state[key], full_state[key], rtol=0, atol=1e-6, msg=key)
     full_opt = full.trainer.optimizers[0].state_dict()["state"]
     resumed_opt = resumed.trainer.optimizers[0].state_dict()["state"]
     torch.testing.assert_close(resumed_opt[0]["exp_avg"], full_opt[0]["exp_avg"], rtol=0, atol=1e-6)
-    assert resumed.trainer.lr_scheduler_configs[0].scheduler.last_epoch == 12
+    assert resumed.trainer.lr_scheduler_configs[0].scheduler.last_epoch == steps
+    full_gamma, resumed_gamma = (next(c for c in cli.trainer.callbacks if type(c).__name__ == "Rollout").kl_coef
+                                 for cli in (full, resumed))
+    assert resumed_gamma == pytest.approx(full_gamma, rel=1e-9)
+    if name == "rloo_adaptive_kl":
+        assert full_gamma != pytest.approx(0.05)  # the controller moved γ
 
 
 def test_checkpoint_skips_frozen_reference_and_loads_weights_only(tiny_model, tiny_data, tmp_path):

@@ -34,6 +34,9 @@ class Objective(nn.Module, ABC):
     needs_reference: bool = True
     needs_critic: bool = False  # the module passes ``values`` [N, R] (with grad) to loss()
     needs_entropy: bool = False  # the module passes ``entropy`` [N, R] (with grad) to loss()
+    # True when prepare() keeps only some of the rollout's rows (REBEL's best/worst pairs): the module then
+    # computes ln π_t in a no-grad pass over all rows rather than in the update's forward (which only needs the kept ones)
+    selects_rollout_rows: bool = False
     kl_in_reward: bool = True  # False (GRPO): the rollout does not shape rewards with γ (the KL is in the loss)
     summary_metrics: dict[str, str] = {}  # validation metric → summary.json key, e.g. {"rm/accuracy": "rm_accuracy"}
 

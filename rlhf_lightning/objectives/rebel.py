@@ -65,6 +65,7 @@ class REBEL(Objective):
         # what the Rollout callback generates per prompt: samples of π_t, then data-set responses
         self.samples_per_prompt = {"sampled": 2, "best_worst": num_samples, "dataset": 1}[pairs]
         self.dataset_responses_per_prompt = 1 if pairs == "dataset" else 0
+        self.selects_rollout_rows = pairs == "best_worst"
 
     def prepare(self, rollout: Rollout, reduce_sum: Callable[[Tensor], Tensor]) -> Rollout:
         """With ``best_worst``: keep, for each prompt, the rows of highest and lowest ``r̃`` (in that order)."""
