@@ -496,9 +496,11 @@ def markdown(rows: dict, pairs: list[dict], meta: dict) -> str:
                      f"{p['median_step_ratio']:.2f}× | {p['peak_memory_ratio']:.2f}× | "
                      f"{'yes' if p['meets_target'] else 'no'} |")
     lines += ["", "Where a step's time goes (ms per step, median run; generation = `generate`; logprobs = the rest "
-              "of the rollout: no-grad policy/reference forwards, decoding, shaping (TRL: also prompt "
-              "tokenisation); update = loss forward + "
-              "backward + clipping + optimizer; overhead = the rest of the step's wall time: trainer loop, "
+              "of the rollout: no-grad reference forward, no-grad policy forward where one is run, decoding, "
+              "shaping (TRL: also prompt tokenisation); update = loss forward + "
+              "backward + clipping + optimizer (with one update per rollout batch, our "
+              "`old_logprobs_from_update` and TRL's GRPOTrainer take ln π_t from the update's own forward "
+              "instead of a separate policy pass; TRL's RLOOTrainer runs the separate pass); overhead = the rest of the step's wall time: trainer loop, "
               "data loading, logging, callbacks):", "",
               "| run | " + " | ".join(PHASES) + " | total |", "|---|" + "---:|" * (len(PHASES) + 1)]
     for name, row in rows.items():

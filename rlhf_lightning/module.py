@@ -430,6 +430,9 @@ class RLHFModule(LightningModule):
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
                 updates += 1
+        for part in (batch["rollout"], rollout):  # the update's graph is spent: keep no reference to it
+            for key in [key for key in part.extras if key.startswith(_LIVE)]:
+                del part.extras[key]
         update_seconds = time.perf_counter() - start
         busy = update_seconds + rollout.metrics.get("time/rollout_seconds", 0.0)
         self._samples_generated += len(rollout)

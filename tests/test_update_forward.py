@@ -32,6 +32,8 @@ OBJECTIVES = {
     "grpo": ["--model.objective", "rlhf_lightning.objectives.GRPO", "--model.objective.group_size", "2"],
     "rebel_1_epoch": ["--model.objective", "rlhf_lightning.objectives.REBEL", "--model.objective.inner_epochs", "1"],
     "user_entropy_bonus": ["--model.objective", "test_update_forward.EntropyBonusRLOO"],
+    # micro-batches as large as the rollout: the update runs on a copy of the rows (carrying the forward)
+    "rloo_one_micro_batch": ["--model.objective", "rlhf_lightning.objectives.RLOO", "--model.micro_batch_size", "16"],
 }
 COMPARED = ("reward/raw", "reward/shaped", "kl/ref", "gen/entropy", "gen/length", "gen/eos_share")
 
