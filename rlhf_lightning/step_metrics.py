@@ -46,7 +46,8 @@ def log_step_metrics(module: LightningModule, metrics: Mapping[str, float],
             module.log(label, scalars[name], prog_bar=True, on_step=True, on_epoch=False, batch_size=1, logger=False)
         return
     tensors = {name: torch.tensor(value, dtype=torch.float32) for name, value in scalars.items()}
-    trainer.callback_metrics.update(tensors)
+    trainer.callback_metrics.update(tensors)  # every step, as self.log does
+    trainer.logged_metrics.update(tensors)
     trainer.progress_bar_metrics.update({label: scalars[name] for label, name in (progress_bar or {}).items()
                                          if name in scalars})
     if connector.should_update_logs or trainer.fast_dev_run:

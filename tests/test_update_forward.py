@@ -113,7 +113,7 @@ def test_step_metrics_reach_loggers_progress_bar_and_checkpoint_monitor(tiny_mod
     """Rows at Lightning's steps under log_every_n_steps, values in callback/logged/progress-bar metrics,
     and a ModelCheckpoint that monitors a per-step metric."""
     args = _without_evaluation(tiny_run_args(tiny_model, tiny_data, tmp_path, batches=4, objective=OBJECTIVES["rloo"]))
-    args[args.index("--trainer.log_every_n_steps") + 1] = "2"
+    args[args.index("--trainer.log_every_n_steps") + 1] = "3"
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "best", monitor="reward/raw", mode="max", save_top_k=1,
                                  every_n_train_steps=1)
     recorder = RecordRollouts()
@@ -125,9 +125,9 @@ def test_step_metrics_reach_loggers_progress_bar_and_checkpoint_monitor(tiny_mod
     assert trainer.progress_bar_metrics["reward"] == pytest.approx(last_reward)
     rows = list(csv.DictReader(open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")))
     logged_steps = [int(row["step"]) for row in rows if row.get("reward/raw")]
-    assert logged_steps == [1, 3]  # Lightning's rule: every 2nd batch, at the batch's step
+    assert logged_steps == [2]  # Lightning's rule for on_step values: every 3rd batch, at the batch's step
     by_step = {int(row["step"]): row for row in rows if row.get("reward/raw")}
-    assert float(by_step[3]["reward/raw"]) == pytest.approx(last_reward, abs=1e-6)
+    assert float(by_step[2]["reward/raw"]) == pytest.approx(recorder.rollouts[2].metrics["reward/raw"], abs=1e-6)
     best = max(r.metrics["reward/raw"] for r in recorder.rollouts)
     assert float(checkpoint.best_model_score) == pytest.approx(best, abs=1e-6)
     assert checkpoint.best_model_path
