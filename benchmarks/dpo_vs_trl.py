@@ -49,7 +49,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -64,7 +63,7 @@ if str(HERE) not in sys.path:
 sys.dont_write_bytecode = True  # no __pycache__ next to the benchmarks from `import vs_trl`
 
 import vs_trl  # noqa: E402
-from vs_trl import ENV, TASK_DIR, _Clock, _rss_peak_mb, _single_thread, count_parameters, versions  # noqa: E402
+from vs_trl import TASK_DIR, _Clock, _rss_peak_mb, _single_thread, count_parameters, versions  # noqa: E402
 
 PREFERENCES = TASK_DIR / "preferences-noise0.1-seed0" / "train.jsonl"
 MAX_PROMPT, MAX_RESPONSE = 64, 32  # the embedded task's limits (SummarizePreferenceData)
@@ -244,20 +243,12 @@ def worker_trl(spec: dict) -> dict:
 
 
 def run_worker(spec_path: str, result_path: str) -> None:
-    spec = json.loads(Path(spec_path).read_text())
-    for key, value in ENV.items():
-        os.environ.setdefault(key, value)
+    spec = vs_trl.read_spec(spec_path)
     library = CONFIGS[spec["name"]][0]
     out = (worker_ours if library == "ours" else worker_trl)(spec)
     clock: _Clock = out["clock"]
     warmup, steps, pairs = spec["warmup"], spec["steps"], spec["pairs_per_step"]
-    ends = clock.step_ends
-    if len(ends) != warmup + steps:
-        raise RuntimeError(f"{spec['name']}: expected {warmup + steps} steps, recorded {len(ends)}")
-    t0 = ends[warmup - 1] if warmup else clock.start
-    seconds = ends[-1] - t0
-    cpu_seconds = clock.step_cpu_ends[-1] - (clock.step_cpu_ends[warmup - 1] if warmup else clock.cpu_start)
-    step_seconds = [b - a for a, b in zip([clock.start] + ends[:-1], ends)]
+    seconds, cpu_seconds, step_seconds = clock.timed_window(spec["name"], warmup, steps)
     timed = range(warmup, warmup + steps)
     phases = {p: 0.0 for p in PHASES}
     for i in timed:
@@ -472,20 +463,12 @@ def main(argv: list[str] | None = None) -> None:
     parameters = count_parameters(TASK_DIR / "sft" / "model.safetensors")
     meta = {**base, "repeats": args.repeats, "model_parameters": parameters,
             "versions": versions(), "max_prompt_length": MAX_PROMPT, "max_response_length": MAX_RESPONSE,
-            "host": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}",
-            "threads": "OMP_NUM_THREADS=1, torch.set_num_threads(1) on both sides",
-            "load_before": load_before, "load_after": os.getloadavg(), "wall_seconds": time.time() - started,
+            **vs_trl.host_meta(load_before, started),
             "timing": "wall clock from the end of the last warm-up step to the end of the last step; model loading, "
                       "tokenisation and reference precompute excluded; peak memory = ru_maxrss of the run's process"}
     meta.pop("model_dir"), meta.pop("pairs_file")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "dpo_vs_trl.json").write_text(json.dumps({"meta": meta, "rows": rows, "ratios": pairs,
-                                                          "runs": results}, indent=2))
-    text = markdown(rows, pairs, meta)
-    (args.out / "dpo_vs_trl.md").write_text(text)
-    print()
-    print(text)
-    print(f"wrote {args.out / 'dpo_vs_trl.md'} and {args.out / 'dpo_vs_trl.json'} ({time.time() - started:.0f} s)")
+    vs_trl.write_report(args.out, "dpo_vs_trl", {"meta": meta, "rows": rows, "ratios": pairs, "runs": results},
+                        markdown(rows, pairs, meta), started)
 
 
 if __name__ == "__main__":

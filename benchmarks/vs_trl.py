@@ -142,6 +142,17 @@ class _Clock:
         self.reward_mark = _REWARD_STATS["seconds"]
         self.phases.append(phases)
 
+    def timed_window(self, name: str, warmup: int, steps: int) -> tuple[float, float, list[float]]:
+        """Wall and CPU seconds from the end of the last warm-up step to the end of the last step, and
+        every step's wall seconds (warm-up included)."""
+        ends, cpu_ends = self.step_ends, self.step_cpu_ends
+        if len(ends) != warmup + steps:
+            raise RuntimeError(f"{name}: expected {warmup + steps} steps, recorded {len(ends)}")
+        seconds = ends[-1] - (ends[warmup - 1] if warmup else self.start)
+        cpu_seconds = cpu_ends[-1] - (cpu_ends[warmup - 1] if warmup else self.cpu_start)
+        step_seconds = [b - a for a, b in zip([self.start] + ends[:-1], ends)]
+        return seconds, cpu_seconds, step_seconds
+
 
 def __getattr__(name: str):
     # The Lightning callback is built on first use (jsonargparse imports it as vs_trl.StepClock), so
@@ -284,24 +295,22 @@ def worker_trl(spec: dict) -> dict:
     return {"clock": clock, "updates": trainer.state.global_step, "module_summary": None}
 
 
-def run_worker(spec_path: str, result_path: str) -> None:
-    spec = json.loads(Path(spec_path).read_text())
+def read_spec(spec_path: str) -> dict:
+    """A worker's run description, with the benchmark environment set before any library is imported."""
     for key, value in ENV.items():
         os.environ.setdefault(key, value)
+    return json.loads(Path(spec_path).read_text())
+
+
+def run_worker(spec_path: str, result_path: str) -> None:
+    spec = read_spec(spec_path)
     library = CONFIGS[spec["name"]][0]
     out = (worker_ours if library == "ours" else worker_trl)(spec)
     clock: _Clock = out["clock"]
     warmup, steps = spec["warmup"], spec["steps"]
-    ends = clock.step_ends
-    if len(ends) != warmup + steps:
-        raise RuntimeError(f"{spec['name']}: expected {warmup + steps} steps, recorded {len(ends)}")
-    t0 = ends[warmup - 1] if warmup else clock.start
-    seconds = ends[-1] - t0
-    cpu_ends = clock.step_cpu_ends
-    cpu_seconds = cpu_ends[-1] - (cpu_ends[warmup - 1] if warmup else clock.cpu_start)
+    seconds, cpu_seconds, step_seconds = clock.timed_window(spec["name"], warmup, steps)
     k = CONFIGS[spec["name"]][2]
     samples = steps * spec["prompts_per_step"] * k
-    step_seconds = [b - a for a, b in zip([clock.start] + ends[:-1], ends)]
     timed = list(range(warmup, warmup + steps))
     phases = {p: 0.0 for p in PHASES}
     for i in timed:
@@ -567,20 +576,29 @@ def main(argv: list[str] | None = None) -> None:
     rows = aggregate(results)
     pairs = ratios(rows)
     meta = {**base, "repeats": args.repeats, "model_parameters": parameters, "versions": versions(),
-            "host": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}",
-            "threads": "OMP_NUM_THREADS=1, torch.set_num_threads(1) on both sides",
-            "load_before": load_before, "load_after": os.getloadavg(), "wall_seconds": time.time() - started,
+            **host_meta(load_before, started),
             "timing": "wall clock from the end of the last warm-up step to the end of the last step; "
                       "samples = generated completions; peak memory = ru_maxrss of the run's own process"}
     meta.pop("model_dir"), meta.pop("prompts_file")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "vs_trl.json").write_text(json.dumps({"meta": meta, "rows": rows, "ratios": pairs,
-                                                      "runs": results}, indent=2))
-    text = markdown(rows, pairs, meta)
-    (args.out / "vs_trl.md").write_text(text)
+    write_report(args.out, "vs_trl", {"meta": meta, "rows": rows, "ratios": pairs, "runs": results},
+                 markdown(rows, pairs, meta), started)
+
+
+def host_meta(load_before: tuple[float, float, float], started: float) -> dict:
+    """Where and under what load a benchmark ran (for its report's ``meta``)."""
+    return {"host": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}",
+            "threads": "OMP_NUM_THREADS=1, torch.set_num_threads(1) on both sides",
+            "load_before": load_before, "load_after": os.getloadavg(), "wall_seconds": time.time() - started}
+
+
+def write_report(out: Path, stem: str, report: dict, text: str, started: float) -> None:
+    """``<out>/<stem>.json`` (the report) and ``<out>/<stem>.md`` (its text), and the text on stdout."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    (out / f"{stem}.md").write_text(text)
     print()
     print(text)
-    print(f"wrote {args.out / 'vs_trl.md'} and {args.out / 'vs_trl.json'} ({time.time() - started:.0f} s)")
+    print(f"wrote {out / f'{stem}.md'} and {out / f'{stem}.json'} ({time.time() - started:.0f} s)")
 
 
 if __name__ == "__main__":
