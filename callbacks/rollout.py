@@ -159,7 +159,7 @@ class Rollout(Callback):
 
         # ln π_t: from a no-grad pass here, or (when the module's next update is one forward over these
         # very rows with π_θ = π_t) from that update's own forward, which saves this pass
-        deferred = getattr(pl_module, "takes_old_logprobs_from_update", lambda rows: False)(len(input_ids))
+        deferred = pl_module.takes_old_logprobs_from_update(len(input_ids))
         if not deferred:
             old_logprobs, entropy = pl_module.policy_logprobs(input_ids, attention_mask, prompt_length,
                                                               self.temperature, with_entropy=True)

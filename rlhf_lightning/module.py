@@ -37,6 +37,11 @@ LRSchedule = Literal["constant", "linear", "cosine"]
 _LIVE = "_live_"  # rollout.extras keys of a policy forward that training_step ran before prepare()
 
 
+def _take_live_forward(extras: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Remove and return the ``_LIVE`` entries of ``extras`` (``logprobs``, ``entropy``; names unprefixed)."""
+    return {key.removeprefix(_LIVE): extras.pop(key) for key in list(extras) if key.startswith(_LIVE)}
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """Peak memory of this process: CUDA peak allocation on a GPU, else the CPU peak RSS."""
     if device.type == "cuda":
@@ -301,7 +306,7 @@ class RLHFModule(LightningModule):
         """What the objective's loss needs for one chunk: policy log-probs (or reward-model scores),
         entropy and critic values, all with grad. A forward that ``training_step`` already ran over these
         rows (kept in ``chunk.extras``, which row selection carries along) is used, and dropped, instead."""
-        live = {key.removeprefix(_LIVE): chunk.extras.pop(key) for key in list(chunk.extras) if key.startswith(_LIVE)}
+        live = _take_live_forward(chunk.extras)
         if "logprobs" in live:
             return live.pop("logprobs"), live
         outputs: dict[str, Tensor] = {}
@@ -431,8 +436,7 @@ class RLHFModule(LightningModule):
                 scheduler.step()
                 updates += 1
         for part in (batch["rollout"], rollout):  # the update's graph is spent: keep no reference to it
-            for key in [key for key in part.extras if key.startswith(_LIVE)]:
-                del part.extras[key]
+            _take_live_forward(part.extras)
         update_seconds = time.perf_counter() - start
         busy = update_seconds + rollout.metrics.get("time/rollout_seconds", 0.0)
         self._samples_generated += len(rollout)
