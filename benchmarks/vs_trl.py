@@ -225,9 +225,8 @@ def worker_ours(spec: dict) -> dict:
         "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", root,
         "--trainer.default_root_dir", root, "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false", "--trainer.enable_checkpointing", "false",
-        "--trainer.callbacks+=rlhf_lightning.callbacks.Rollout",
-        "--trainer.callbacks.max_new_tokens", str(spec["max_new_tokens"]), "--trainer.callbacks.temperature", "1.0",
-        "--trainer.callbacks.kl_coef", str(spec["kl_coef"]), "--trainer.callbacks.no_eos_reward", "null",
+        "--rollout.max_new_tokens", str(spec["max_new_tokens"]), "--rollout.temperature", "1.0",
+        "--rollout.kl_coef", str(spec["kl_coef"]), "--rollout.no_eos_reward", "null",
         "--trainer.callbacks+=vs_trl.StepClock",
     ]
     cli = RLHFCLI(args=args)

@@ -11,15 +11,13 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
-from rlhf_lightning.rewards import RewardSource
 from rlhf_lightning.errors import RecipeError
+from rlhf_lightning.generation import SamplingParams
+from rlhf_lightning.module import require_rlhf_module
+from rlhf_lightning.rewards import PreferenceSource, RewardSource, win_rate
 from rlhf_lightning.step_metrics import logger_step
 
-
-def win_rate(scores: Tensor, other_scores: Tensor) -> float:
-    """Share of pairs where ``scores`` beats ``other_scores``; ties count ½."""
-    wins = (scores > other_scores).float() + 0.5 * (scores == other_scores).float()
-    return wins.mean().item()
+FIELD = "trainer.callbacks[WinRateEvaluation].init_args"
 
 
 class WinRateEvaluation(Callback):
@@ -50,7 +48,7 @@ class WinRateEvaluation(Callback):
                  every_n_rollouts: int = 0, max_new_tokens: int = 53, temperature: float = 0.0,
                  batch_size: int = 64, num_samples_logged: int = 8) -> None:
         if temperature < 0:
-            raise RecipeError("trainer.callbacks[WinRateEvaluation].init_args.temperature", "must be ≥ 0")
+            raise RecipeError(f"{FIELD}.temperature", "must be ≥ 0")
         self.judge = judge
         self.split = split
         self.num_prompts = num_prompts
@@ -64,14 +62,13 @@ class WinRateEvaluation(Callback):
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        from rlhf_lightning.rewards import PreferenceSource
-
+        pl_module = require_rlhf_module(pl_module, "trainer.callbacks[WinRateEvaluation]")
         if self.judge is None and pl_module.reward is None:
-            raise RecipeError("trainer.callbacks[WinRateEvaluation].init_args.judge",
+            raise RecipeError(f"{FIELD}.judge",
                               "nothing to judge the responses with: no judge and no reward source",
                               "set judge, e.g. class_path: rlhf_lightning.tasks.summarize.GoldJudge")
         if isinstance(self.judge or pl_module.reward, PreferenceSource):
-            raise RecipeError("trainer.callbacks[WinRateEvaluation].init_args.judge",
+            raise RecipeError(f"{FIELD}.judge",
                               "the evaluation judge scores single responses, but the reward is a preference "
                               "model (it only compares responses)",
                               "set judge to a pointwise reward, e.g. class_path: rlhf_lightning.tasks.summarize.GoldJudge")
@@ -102,17 +99,11 @@ class WinRateEvaluation(Callback):
                 temperature: float) -> tuple[list[str], Tensor, Tensor, int]:
         """Responses for ``rows``: texts, prompt+response ids, attention mask, prompt width (one batch)."""
         batch = trainer_collate(pl_module, rows)
-        sampling = dict(do_sample=True, temperature=temperature, top_k=0) if temperature > 0 else dict(do_sample=False)
-        responses = pl_module.generate(batch["input_ids"], batch["attention_mask"], use_reference=use_reference,
-                                       max_new_tokens=self.max_new_tokens, **sampling)
-        from rlhf_lightning.callbacks.rollout import response_attention_mask
-
-        tok = pl_module.tokenizer
-        mask, _ = response_attention_mask(responses, tok.eos_token_id, tok.pad_token_id)
-        responses = responses.masked_fill(mask == 0, tok.pad_token_id)
-        texts = tok.batch_decode(responses, skip_special_tokens=True)
-        ids = torch.cat([batch["input_ids"], responses], 1)
-        attention = torch.cat([batch["attention_mask"], mask], 1)
+        params = SamplingParams(max_new_tokens=self.max_new_tokens, temperature=temperature)
+        generation = pl_module.generate(batch["input_ids"], batch["attention_mask"], params, use_reference=use_reference)
+        texts = pl_module.tokenizer.batch_decode(generation.responses, skip_special_tokens=True)
+        ids = torch.cat([batch["input_ids"], generation.responses], 1)
+        attention = torch.cat([batch["attention_mask"], generation.response_mask], 1)
         return texts, ids, attention, batch["input_ids"].shape[1]
 
     def _responses(self, pl_module: LightningModule, rows: list[dict], use_reference: bool) -> list[str]:
@@ -135,20 +126,23 @@ class WinRateEvaluation(Callback):
         judge = self.judge or pl_module.reward
         rows = self._rank_rows(trainer, split)
         prompts = [r["prompt"] for r in rows]
+        columns = trainer_collate(pl_module, rows)["columns"] if rows else {}
+
+        def score(source: RewardSource, texts: list[str]) -> Tensor:  # pointwise, seeing the data's columns
+            return source.score_terms(prompts, texts, 1, **columns)[0].float()
+
         policy_texts = self._responses(pl_module, rows, use_reference=False)
         if split not in self._sft_cache:  # the reference policy is frozen: decode it once
             sft_texts = self._responses(pl_module, rows, use_reference=True)
-            self._sft_cache[split] = (sft_texts, judge.score(prompts, sft_texts).float())
+            self._sft_cache[split] = (sft_texts, score(judge, sft_texts))
         sft_texts, sft_scores = self._sft_cache[split]
-        scores = judge.score(prompts, policy_texts).float()
+        scores = score(judge, policy_texts)
         proxy = pl_module.reward if self.judge is not None and pl_module.reward is not None else None
-        from rlhf_lightning.rewards import PreferenceSource
-
         if isinstance(proxy, PreferenceSource):
             proxy = None
-        proxy_scores = proxy.score(prompts, policy_texts).float().cpu() if proxy is not None else None
+        proxy_scores = score(proxy, policy_texts).cpu() if proxy is not None else None
         has_reference = all("reference" in r for r in rows)
-        ref_scores = judge.score(prompts, [r["reference"] for r in rows]).float() if has_reference else None
+        ref_scores = score(judge, [r["reference"] for r in rows]) if has_reference else None
         kl = self._kl(pl_module, rows).cpu()
 
         columns = [scores, sft_scores, kl] + ([ref_scores] if ref_scores is not None else [])

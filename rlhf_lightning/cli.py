@@ -27,7 +27,9 @@ import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 
+from rlhf_lightning.callbacks import Rollout
 from rlhf_lightning.errors import RecipeError
+from rlhf_lightning.imports import import_object
 from rlhf_lightning.module import RLHFModule
 
 USAGE = """usage: rlhf-lightning run RECIPE.yaml [MORE.yaml ...] [--section.key value ...]
@@ -39,7 +41,7 @@ Bad input ends in one message naming the recipe key and the fix (exit code 2).
 examples:
   rlhf-lightning run recipes/quickstart.yaml
   rlhf-lightning run recipes/quickstart.yaml recipes/examples/pairwise_hinge.yaml
-  rlhf-lightning run recipes/quickstart.yaml --seed_everything 3 --trainer.max_epochs 2
+  rlhf-lightning run recipes/quickstart.yaml --seed_everything 3 --rollout.kl_coef 0.1
   rlhf-lightning fit --config recipes/quickstart.yaml --print_config
 """
 
@@ -75,6 +77,10 @@ class RLHFCLI(LightningCLI):
             raise explain_parse_error(str(error), _subcommand_parser(parser, args)) from None
 
     def add_arguments_to_parser(self, parser) -> None:
+        # the rollout callback at its own top-level key (LightningCLI adds it to the trainer's callbacks), so
+        # that --rollout.kl_coef works and a second recipe can change one setting without replacing the list
+        parser.add_lightning_class_args(Rollout, "rollout", subclass_mode=True, required=False)
+        parser.set_defaults({"rollout": {"class_path": f"{Rollout.__module__}.{Rollout.__name__}"}})
         parser.add_argument(
             "--cpu_threads", type=Optional[int], default=None,
             help="torch intra-op threads (torch.set_num_threads). Tiny models on a CPU run far faster "
@@ -87,6 +93,7 @@ class RLHFCLI(LightningCLI):
             if threads < 1:
                 raise RecipeError("cpu_threads", f"must be ≥ 1 or null, got {threads}")
             torch.set_num_threads(threads)
+        reject_rollout_in_callbacks(config)
         apply_output_defaults(config)
 
 
@@ -99,6 +106,22 @@ def run_name(recipe: str) -> str:
         below = parts[len(parts) - 1 - parts[::-1].index("recipes") + 1:-1]
         return os.path.join(*below, stem) if below else stem
     return stem
+
+
+def reject_rollout_in_callbacks(config) -> None:
+    """A rollout callback in ``trainer.callbacks`` (the old place) is an error naming the ``rollout:`` key."""
+    for index, callback in enumerate((config.get("trainer") or {}).get("callbacks") or []):
+        class_path = str(callback.get("class_path", "")) if hasattr(callback, "get") else ""
+        try:
+            cls = import_object(class_path, f"trainer.callbacks[{index}].class_path") if class_path else None
+        except RecipeError:
+            continue  # jsonargparse has already checked the class path
+        if isinstance(cls, type) and issubclass(cls, Rollout):
+            raise RecipeError(f"trainer.callbacks[{index}]",
+                              f"{class_path} is a rollout callback, which is configured at the top-level key "
+                              "'rollout:' (not in trainer.callbacks)",
+                              "move it out of trainer.callbacks to `rollout: {class_path: ..., init_args: {...}}` "
+                              "(or set single values with --rollout.<key>)")
 
 
 def apply_output_defaults(config) -> None:
@@ -222,17 +245,12 @@ def _class_dests(class_path: str) -> frozenset[str]:
     from jsonargparse import ArgumentParser
 
     try:
-        cls = _import(class_path)
+        cls = import_object(class_path, "class_path")
         parser = ArgumentParser(exit_on_error=False)
         parser.add_class_arguments(cls, fail_untyped=False, sub_configs=True)
         return frozenset(_all_dests(parser))
     except Exception:  # best effort: only used for suggestions
         return frozenset()
-
-
-def _import(class_path: str):
-    module, _, name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
 
 
 def _valid_names(where: _Where, parser) -> list[str]:

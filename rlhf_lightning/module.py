@@ -10,7 +10,7 @@ import warnings
 from collections import defaultdict
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional
+from typing import Any, Iterator, Literal, Optional, Union
 
 import torch
 from lightning.pytorch import LightningModule
@@ -18,14 +18,15 @@ from torch import Tensor, nn
 
 from rlhf_lightning.batches import SequenceBatch
 from rlhf_lightning.critic import load_value_model, sequence_scores, token_values
-from rlhf_lightning.reference_cache import ReferenceCache
 from rlhf_lightning.errors import RecipeError
+from rlhf_lightning.generation import Generation, Generator, HFGenerator, SamplingParams
 from rlhf_lightning.logprobs import response_logprobs, sequence_nll
 from rlhf_lightning.models import (ModelConfig, disable_dropout, freeze, load_causal_lm, load_tokenizer,
                                    save_hf_directory)
 from rlhf_lightning.objectives.base import Objective
-from rlhf_lightning.rewards import RewardModel, RewardSource
-from rlhf_lightning.rollout import Rollout
+from rlhf_lightning.reference_cache import ReferenceCache
+from rlhf_lightning.rewards import RewardModel, RewardSource, RewardTerm, as_reward_source
+from rlhf_lightning.rollout import Rollout, Samples
 from rlhf_lightning.step_metrics import log_step_metrics
 
 # Known, harmless Lightning warnings: the frozen reference is in eval mode on purpose, and checkpoints
@@ -34,12 +35,15 @@ warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization")
 
 LRSchedule = Literal["constant", "linear", "cosine"]
-_LIVE = "_live_"  # rollout.extras keys of a policy forward that training_step ran before prepare()
+PolicyForward = tuple[Optional[Tensor], dict[str, Tensor]]  # what the loss takes: log-probs and other outputs
 
 
-def _take_live_forward(extras: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Remove and return the ``_LIVE`` entries of ``extras`` (``logprobs``, ``entropy``; names unprefixed)."""
-    return {key.removeprefix(_LIVE): extras.pop(key) for key in list(extras) if key.startswith(_LIVE)}
+def require_rlhf_module(pl_module: LightningModule, key: str) -> "RLHFModule":
+    """``pl_module`` if it is an :class:`RLHFModule`; a clear error naming the recipe ``key`` otherwise."""
+    if not isinstance(pl_module, RLHFModule):
+        raise RecipeError(key, f"works on an rlhf_lightning.RLHFModule (or a subclass), got {type(pl_module).__name__}",
+                          "set model.class_path to rlhf_lightning.RLHFModule or a subclass of it")
+    return pl_module
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -62,7 +66,8 @@ class RLHFModule(LightningModule):
     Args:
         policy: the model to train (HF directory, optional LoRA/QLoRA).
         objective: the loss, e.g. ``rlhf_lightning.objectives.REBEL``.
-        reward: reward source for online objectives (reward model, Python function, task judge).
+        reward: reward source for online objectives (reward model, Python function, task judge), or a
+            list of weighted sources (``{source: ..., weight: ..., name: ...}``) whose weighted sum is the reward.
         reference: the frozen reference ``π_ref``; by default the policy's own starting weights
             (the adapter disabled under LoRA, otherwise a frozen copy loaded from ``policy.path``).
         critic: the value model of objectives that need one (PPO): a reward-model directory (the
@@ -89,7 +94,7 @@ class RLHFModule(LightningModule):
         self,
         policy: ModelConfig,
         objective: Objective,
-        reward: Optional[RewardSource] = None,
+        reward: Optional[Union[RewardSource, list[RewardTerm]]] = None,
         reference: Optional[ModelConfig] = None,
         critic: Optional[ModelConfig] = None,
         lr: float = 1e-5,
@@ -108,7 +113,7 @@ class RLHFModule(LightningModule):
             raise RecipeError("model.init_args.lr", f"must be > 0, got {lr}", "e.g. 1e-5")
         if micro_batch_size is not None and micro_batch_size < 1:
             raise RecipeError("model.init_args.micro_batch_size", f"must be ≥ 1, got {micro_batch_size}")
-        group = objective.samples_per_prompt
+        group = objective.needs.samples_per_prompt
         if micro_batch_size is not None and micro_batch_size % group:
             raise RecipeError("model.init_args.micro_batch_size",
                               f"{micro_batch_size} rows do not hold whole groups of {group} samples per prompt",
@@ -118,7 +123,8 @@ class RLHFModule(LightningModule):
         self.critic_config = critic
         self.critic_lr = critic_lr
         self.objective = objective
-        self.reward = reward
+        self.reward = as_reward_source(reward)
+        self.generator: Generator = HFGenerator()  # the Rollout callback hands over the recipe's engine
         self.lr = lr
         self.weight_decay = weight_decay
         self.lr_schedule = lr_schedule
@@ -141,12 +147,17 @@ class RLHFModule(LightningModule):
 
     # ------------------------------------------------------------------ models
     def configure_model(self) -> None:
+        """Load the models: the reward sources first (cheap, and checked against the data's columns), then the
+        tokenizer, policy, reference and critic, and set the generation engine up for the policy."""
         if self.policy is not None:
             return
+        needs = self.objective.needs
+        if needs.rollout:
+            self._setup_reward()
         field = "model.init_args.policy"
         self.tokenizer = load_tokenizer(self.policy_config.tokenizer or self.policy_config.path,
                                         f"{field}.path", self.policy_config.trust_remote_code)
-        if self.objective.policy_head == "scalar":  # a reward model: one output on the last token
+        if needs.head == "scalar":  # a reward model: one output on the last token
             policy = load_value_model(self.policy_config, field)
             if policy.config.pad_token_id is None:
                 policy.config.pad_token_id = self.tokenizer.pad_token_id
@@ -154,22 +165,38 @@ class RLHFModule(LightningModule):
             policy = load_causal_lm(self.policy_config, field)
         disable_dropout(policy)
         self.policy = policy.train()
-        wants_reference = self.objective.needs_reference or self.reference_for_evaluation
-        if wants_reference and self.objective.policy_head == "causal_lm" and not self._reference_is_disabled_adapter:
+        wants_reference = needs.reference or self.reference_for_evaluation
+        if wants_reference and needs.head == "causal_lm" and not self._reference_is_disabled_adapter:
             ref_config = self.reference_config or ModelConfig(
                 path=self.policy_config.path, dtype=self.policy_config.dtype,
                 trust_remote_code=self.policy_config.trust_remote_code)
             self.reference = freeze(load_causal_lm(ref_config, "model.init_args.reference"))
-        if self.objective.needs_critic:
+        if needs.critic:
             self.critic = load_value_model(self._critic_config(), "model.init_args.critic")
             disable_dropout(self.critic)
             self.critic.train()
-        if self.objective.needs_rollout:
-            if self.reward is None:
-                raise RecipeError("model.init_args.reward",
-                                  f"objective {type(self.objective).__name__} learns from rewards, but no reward source is set",
-                                  "set model.init_args.reward, e.g. class_path: rlhf_lightning.rewards.RewardModel")
-            self.reward.setup(self.trainer.strategy.root_device if self._trainer else torch.device("cpu"))
+        if needs.head == "causal_lm":
+            self.generator.setup(self.tokenizer, self.policy)
+
+    def _setup_reward(self) -> None:
+        """Set the reward sources up and check that the prompt data has every column they ask for."""
+        if self.reward is None:
+            raise RecipeError("model.init_args.reward",
+                              f"objective {type(self.objective).__name__} learns from rewards, but no reward source is set",
+                              "set model.init_args.reward, e.g. class_path: rlhf_lightning.rewards.RewardModel")
+        self.reward.setup(self.trainer.strategy.root_device if self._trainer else torch.device("cpu"))
+        available = getattr(self.trainer.datamodule, "prompt_columns", None) if self._trainer else None
+        missing = self.reward.missing_columns(available) if available is not None else []
+        if missing:
+            raise RecipeError("model.init_args.reward", f"the reward asks for the data column '{missing[0]}', which the "
+                              f"training prompts do not have (columns: {', '.join(available) or 'none'})",
+                              f"add a '{missing[0]}' column to the prompt data, or give the parameter a default")
+
+    def use_generator(self, generator: Generator) -> None:
+        """Generate rollouts and evaluation responses with ``generator`` (the Rollout callback's engine)."""
+        self.generator = generator
+        if self.policy is not None and self.objective.needs.head == "causal_lm":
+            generator.setup(self.tokenizer, self.policy)
 
     def _critic_config(self) -> ModelConfig:
         if self.critic_config is not None:
@@ -196,19 +223,12 @@ class RLHFModule(LightningModule):
             raise RuntimeError("this objective was configured without a reference model")
 
     # ------------------------------------------------------------------ rollout helpers
-    @torch.no_grad()
-    def generate(self, input_ids: Tensor, attention_mask: Tensor, use_reference: bool = False,
-                 **generation_kwargs: Any) -> Tensor:
-        """Sample responses for left-padded prompts; returns the response block ``[N, R]`` (pad after EOS)."""
+    def generate(self, input_ids: Tensor, attention_mask: Tensor, params: SamplingParams,
+                 use_reference: bool = False) -> Generation:
+        """Responses for left-padded prompts from the policy (or the reference) through the generation engine."""
         context = self._reference_model() if use_reference else nullcontext(self.policy)
         with context as model:
-            was_training = model.training
-            model.eval()
-            sequences = model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                       pad_token_id=self.tokenizer.pad_token_id,
-                                       eos_token_id=self.tokenizer.eos_token_id, **generation_kwargs)
-            model.train(was_training)
-        return sequences[:, input_ids.shape[1]:]
+            return self.generator.generate(model, input_ids, attention_mask, params)
 
     def policy_logprobs(self, input_ids: Tensor, attention_mask: Tensor, prompt_length: int,
                         temperature: float = 1.0, with_entropy: bool = False,
@@ -221,10 +241,10 @@ class RLHFModule(LightningModule):
         """Whether the update of a rollout of ``num_rows`` rows is a single forward over all of them before
         any parameter change, so that the rollout callback can leave ``ln π_t`` to it
         (see ``old_logprobs_from_update``)."""
-        objective = self.objective
-        return (self.old_logprobs_from_update and objective.policy_head == "causal_lm"
+        objective, needs = self.objective, self.objective.needs
+        return (self.old_logprobs_from_update and needs.head == "causal_lm"
                 and objective.inner_epochs == 1 and objective.num_minibatches == 1
-                and not objective.needs_critic and not objective.selects_rollout_rows
+                and not needs.critic and not needs.selects_rows
                 and (self.micro_batch_size is None or self.micro_batch_size >= num_rows))
 
     @torch.no_grad()
@@ -268,64 +288,52 @@ class RLHFModule(LightningModule):
         scheduler = get_scheduler(name, optimizer, num_warmup_steps=self.warmup_steps, num_training_steps=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def _backward_minibatch(self, minibatch: Rollout, pretrain: Optional[dict] = None) -> dict[str, float]:
+    def _backward_minibatch(self, minibatch: Any, pretrain: Optional[dict] = None,
+                            forward: Optional[PolicyForward] = None) -> dict[str, float]:
         """Forward/backward over one minibatch (split into micro-batches); returns its metrics.
 
-        With ``pretrain`` (PPO-ptx), the policy's LM loss on that batch is added, × ``objective.ptx_coef``.
+        ``forward``: the policy's outputs over exactly this minibatch, already computed with grad (the
+        update's forward that also gave ``ln π_t``); it is used instead of a new forward. With ``pretrain``
+        (PPO-ptx), the policy's LM loss on that batch is added, × ``needs.pretrain_coef``.
         """
-        chunks = minibatch.split(self.micro_batch_size) if self.micro_batch_size else [minibatch]
+        chunks = [minibatch] if forward is not None or not self.micro_batch_size else minibatch.split(self.micro_batch_size)
         metrics: dict[str, float] = defaultdict(float)
         for chunk in chunks:
-            logprobs, outputs = self._forward(chunk)
+            logprobs, outputs = forward if forward is not None else self._forward(chunk)
             loss, chunk_metrics = self.objective.loss(logprobs, chunk, **outputs)
             weight = self.objective.chunk_weight(chunk, minibatch) if len(chunks) > 1 else 1.0
             self.manual_backward(loss * weight)
             for key, value in chunk_metrics.items():
                 metrics[key] += float(value) * weight
-        # ---- pretraining mix (InstructGPT PPO-ptx): + ptx_coef · token NLL on pretraining text ----
-        if pretrain is not None:
+        if pretrain is not None:  # the pretraining mix (InstructGPT PPO-ptx): + coef · token NLL on pretraining text
             ptx = self._backward_ptx(pretrain)
             metrics["loss/ptx"] = ptx
-            metrics["loss/total"] += self.objective.ptx_coef * ptx
-        # ---- end pretraining mix ----
+            metrics["loss/total"] += self.objective.needs.pretrain_coef * ptx
         return metrics
 
-    def _forward_for_rollout(self, rollout: Rollout) -> None:
-        """The update's policy forward, run before ``prepare``: its detached log-probs become ``ln π_t``
-        (with the KL shaping and metrics that depend on them), and the live ones wait in ``rollout.extras``
-        for :meth:`_forward`."""
-        logprobs, entropy = self.policy_logprobs(rollout.input_ids, rollout.attention_mask, rollout.prompt_length,
-                                                 rollout.temperature, with_entropy=True,
-                                                 entropy_grad=self.objective.needs_entropy)
-        rollout.extras[_LIVE + "logprobs"] = logprobs
-        if self.objective.needs_entropy:
-            rollout.extras[_LIVE + "entropy"] = entropy
-        rollout.attach_policy_logprobs(logprobs.detach(), entropy.detach())
-
-    def _forward(self, chunk: Any) -> tuple[Optional[Tensor], dict[str, Tensor]]:
-        """What the objective's loss needs for one chunk: policy log-probs (or reward-model scores),
-        entropy and critic values, all with grad. A forward that ``training_step`` already ran over these
-        rows (kept in ``chunk.extras``, which row selection carries along) is used, and dropped, instead."""
-        live = _take_live_forward(chunk.extras)
-        if "logprobs" in live:
-            return live.pop("logprobs"), live
+    def _forward(self, chunk: Any, with_entropy: bool = False) -> PolicyForward:
+        """What the objective's loss needs for one chunk: policy log-probs (or reward-model scores), entropy
+        and critic values, all with grad. ``with_entropy`` also returns the entropy when the loss does not
+        take it (detached, for the ``gen/entropy`` metric)."""
+        needs = self.objective.needs
         outputs: dict[str, Tensor] = {}
-        if self.objective.policy_head == "scalar":
+        if needs.head == "scalar":
             outputs["scores"] = sequence_scores(self.policy, chunk.input_ids, chunk.attention_mask, chunk.prompt_length)
             return None, outputs
         logprobs, entropy = self.policy_logprobs(chunk.input_ids, chunk.attention_mask, chunk.prompt_length,
                                                  getattr(chunk, "temperature", 1.0),
-                                                 with_entropy=self.objective.needs_entropy)
-        if self.objective.needs_entropy:
+                                                 with_entropy=needs.entropy or with_entropy,
+                                                 entropy_grad=needs.entropy)
+        if needs.entropy or with_entropy:
             outputs["entropy"] = entropy
-        if self.objective.needs_critic:
+        if needs.critic:
             outputs["values"] = self.critic_values(chunk.input_ids, chunk.attention_mask, chunk.prompt_length)
         return logprobs, outputs
 
     # ------------------------------------------------------------------ offline objectives
     def _with_reference(self, batch: SequenceBatch) -> SequenceBatch:
         """Fill ``batch.ref_logprobs`` (from the precomputed cache, or live) when the objective needs them."""
-        if not self.objective.needs_reference or batch.ref_logprobs is not None:
+        if not self.objective.needs.reference or batch.ref_logprobs is not None:
             return batch
         if self._reference_cache is not None:
             batch.ref_logprobs = self._reference_cache.lookup(batch)
@@ -356,7 +364,7 @@ class RLHFModule(LightningModule):
 
     @torch.no_grad()
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        if self.objective.needs_rollout or not isinstance(batch, SequenceBatch):
+        if self.objective.needs.rollout or not isinstance(batch, SequenceBatch):
             return
         logprobs, outputs = self._forward(self._with_reference(batch))
         _, metrics = self.objective.loss(logprobs, batch, **outputs)
@@ -371,13 +379,14 @@ class RLHFModule(LightningModule):
 
     def on_train_start(self) -> None:
         self._fit_started = time.perf_counter()
-        if self.precompute_reference and self.objective.needs_reference and not self.objective.needs_rollout:
-            self._reference_cache = ReferenceCache.build(self, self.trainer.datamodule)
+        if self.precompute_reference and self.objective.needs.reference and not self.objective.needs.rollout:
+            self._reference_cache = ReferenceCache.build(self.reference_logprobs, self.trainer.datamodule,
+                                                         self.device, show_progress=self.trainer.is_global_zero)
             if self.reference is not None and not self.reference_for_evaluation:  # no longer needed: free it
                 self.reference = None
 
     def _backward_ptx(self, pretrain: dict) -> float:
-        """Backward of ``ptx_coef × (mean token NLL of the policy on the pretraining batch)``; returns the NLL.
+        """Backward of ``pretrain_coef × (mean token NLL of the policy on the pretraining batch)``; returns the NLL.
 
         Micro-batches are weighted by their share of predicted tokens, so the gradient is that of the
         whole batch's token mean.
@@ -391,43 +400,60 @@ class RLHFModule(LightningModule):
             rows = slice(start, start + size)
             nll = sequence_nll(self.policy, input_ids[rows], attention_mask[rows])
             weight = targets[rows].sum() / total_targets
-            self.manual_backward(self.objective.ptx_coef * nll * weight)
+            self.manual_backward(self.objective.needs.pretrain_coef * nll * weight)
             nll_total += float(nll.detach() * weight)
         return nll_total
 
-    def training_step(self, batch: Any, batch_idx: int) -> None:
-        if not self.objective.needs_rollout:
+    def training_step(self, batch: Any, batch_idx: int) -> Optional[dict[str, Rollout]]:
+        """One batch: an offline objective's optimizer step, or one rollout batch of an online objective.
+
+        Online, with the :class:`~rlhf_lightning.rollout.Samples` the Rollout callback put in
+        ``batch["samples"]``:
+
+        1. ``ln π_t`` of the samples: from a no-grad policy pass, or, when the update is one optimizer
+           step over all rows in one forward (:meth:`takes_old_logprobs_from_update`), from that forward,
+           which is kept (with grad) for step 4;
+        2. the :class:`~rlhf_lightning.rollout.Rollout`: ``r̃ = r − γ·(ln π_t − ln π_ref)`` and its metrics;
+        3. ``objective.prepare`` once (advantages, pair selection; no grad);
+        4. ``inner_epochs`` passes over ``num_minibatches`` minibatches: forward, loss, backward, clip,
+           optimizer and scheduler step;
+        5. tell the generation engine that the weights changed, and log the step.
+
+        Returns ``{"rollout": rollout}`` online (callbacks get it as ``outputs`` in ``on_train_batch_end``).
+        """
+        if not self.objective.needs.rollout:
             return self._offline_step(batch)
-        rollout = batch.get("rollout") if isinstance(batch, dict) else None
-        if rollout is None:
-            raise RecipeError("trainer.callbacks",
-                              f"objective {type(self.objective).__name__} trains on rollouts, but the batch has none",
-                              "add class_path: rlhf_lightning.callbacks.Rollout to trainer.callbacks")
-        # ---- pretraining mix (PPO-ptx): the data module attaches batch["pretrain"] ----
-        pretrain = None
-        if getattr(self.objective, "ptx_coef", 0.0) > 0:
-            pretrain = batch.get("pretrain")
-            if pretrain is None:
-                raise RecipeError("data.init_args.pretrain_file",
-                                  f"objective {type(self.objective).__name__} has ptx_coef = "
-                                  f"{self.objective.ptx_coef} (a pretraining LM loss), but the training batches "
-                                  "carry no pretraining text",
-                                  "set data.init_args.pretrain_file to a file of pretraining/SFT text "
-                                  "(column data.init_args.pretrain_column), or set ptx_coef to 0")
-        # ---- end pretraining mix ----
+        samples, pretrain = self._online_inputs(batch)
         start = time.perf_counter()
-        if rollout.old_logprobs is None:  # the Rollout callback left ln π_t to this update's forward
-            self._forward_for_rollout(rollout)
+        # 1. ln π_t
+        first_forward: Optional[PolicyForward] = None
+        if self.takes_old_logprobs_from_update(len(samples)):
+            first_forward = self._forward(samples, with_entropy=True)
+            logprobs, outputs = first_forward
+            old_logprobs, entropy = logprobs.detach(), outputs["entropy"].detach()
+            if not self.objective.needs.entropy:
+                first_forward = (logprobs, {k: v for k, v in outputs.items() if k != "entropy"})
+        else:
+            with torch.no_grad():
+                old_logprobs, entropy = self.policy_logprobs(samples.input_ids, samples.attention_mask,
+                                                             samples.prompt_length, samples.temperature,
+                                                             with_entropy=True)
+        # 2. shaped rewards
+        rollout = samples.with_policy_logprobs(old_logprobs, entropy)
+        # 3. prepare
         with torch.no_grad():
-            rollout = self.objective.prepare(rollout, self.reduce_sum)  # advantages, pair selection, ...
-        optimizer = self.optimizers()
-        scheduler = self.lr_schedulers()
+            prepared = self.objective.prepare(rollout, self.reduce_sum)
+        if prepared.input_ids is not rollout.input_ids:  # prepare kept other rows: the first forward does not fit
+            first_forward = None
+        # 4. updates
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         totals: dict[str, float] = defaultdict(float)
         updates = 0
         for _ in range(self.objective.inner_epochs):
-            for minibatch in rollout.minibatches(self.objective.num_minibatches):
-                for key, value in self._backward_minibatch(minibatch, pretrain).items():
+            for minibatch in prepared.minibatches(self.objective.num_minibatches):
+                for key, value in self._backward_minibatch(minibatch, pretrain, first_forward).items():
                     totals[key] += value
+                first_forward = None  # one step only: later minibatches need a fresh forward
                 if self.max_grad_norm:
                     self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm,
                                         gradient_clip_algorithm="norm")
@@ -435,21 +461,41 @@ class RLHFModule(LightningModule):
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
                 updates += 1
-        for part in (batch["rollout"], rollout):  # the update's graph is spent: keep no reference to it
-            _take_live_forward(part.extras)
+        # 5. engine weights, bookkeeping and logging
+        self.generator.sync_weights(self.policy)
         update_seconds = time.perf_counter() - start
-        busy = update_seconds + rollout.metrics.get("time/rollout_seconds", 0.0)
-        self._samples_generated += len(rollout)
+        busy = update_seconds + prepared.metrics.get("time/rollout_seconds", 0.0)
+        self._samples_generated += len(samples)
         self._rollout_batches += 1
         self._busy_seconds += busy
         logged = {key: value / updates for key, value in totals.items()}
-        logged.update(rollout.metrics)
-        logged["kl/coef"] = rollout.kl_coef
+        logged.update(prepared.metrics)
+        logged["kl/coef"] = samples.kl_coef
         logged["time/update_seconds"] = update_seconds
-        logged["perf/samples_per_second"] = len(rollout) / max(busy, 1e-9)
+        logged["perf/samples_per_second"] = len(samples) / max(busy, 1e-9)
         logged["train/lr"] = scheduler.get_last_lr()[0]
         logged["train/rollouts"] = float(batch_idx + 1)
         log_step_metrics(self, logged, progress_bar={"reward": "reward/raw"})
+        return {"rollout": rollout}
+
+    def _online_inputs(self, batch: Any) -> tuple[Samples, Optional[dict]]:
+        """The batch's samples (from the Rollout callback) and, for PPO-ptx, its pretraining text."""
+        samples = batch.get("samples") if isinstance(batch, dict) else None
+        name = type(self.objective).__name__
+        if not isinstance(samples, Samples):
+            raise RecipeError("rollout", f"objective {name} trains on rollouts, but the batch has none",
+                              "keep the top-level rollout: key (class_path: rlhf_lightning.callbacks.Rollout or a "
+                              "subclass), which the rlhf-lightning CLI adds to the trainer")
+        coef = self.objective.needs.pretrain_coef
+        if coef <= 0:
+            return samples, None
+        if batch.get("pretrain") is None:  # the data module attaches batch["pretrain"] from pretrain_file
+            raise RecipeError("data.init_args.pretrain_file",
+                              f"objective {name} has a pretraining LM loss (weight {coef}), but the training batches "
+                              "carry no pretraining text",
+                              "set data.init_args.pretrain_file to a file of pretraining/SFT text "
+                              "(column data.init_args.pretrain_column), or set ptx_coef to 0")
+        return samples, batch["pretrain"]
 
     # ------------------------------------------------------------------ run bookkeeping
     def on_train_end(self) -> None:

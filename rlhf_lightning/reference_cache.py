@@ -3,7 +3,7 @@ reference forward on every batch: on a GPU this saves that forward pass and the 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -12,8 +12,7 @@ from tqdm.auto import tqdm
 from rlhf_lightning.batches import SequenceBatch
 from rlhf_lightning.errors import RecipeError
 
-if TYPE_CHECKING:
-    from rlhf_lightning.module import RLHFModule
+ReferenceLogprobs = Callable[[Tensor, Tensor, int], Tensor]  # (input_ids, attention_mask, P) → ln π_ref [N, R]
 
 
 class ReferenceCache:
@@ -34,15 +33,16 @@ class ReferenceCache:
 
     @classmethod
     @torch.no_grad()
-    def build(cls, module: "RLHFModule", datamodule) -> "ReferenceCache":
+    def build(cls, reference_logprobs: ReferenceLogprobs, datamodule, device: torch.device,
+              show_progress: bool = True) -> "ReferenceCache":
         """One reference forward over all training rows (in order, batch by batch)."""
         cache = cls()
         rows = datamodule.splits["train"]
         size = datamodule.batch_size
         for start in tqdm(range(0, len(rows), size), desc="reference log-probs", leave=False,
-                          disable=not module.trainer.is_global_zero):
-            batch = datamodule.collate(rows[start:start + size]).to(module.device)
-            logprobs = module.reference_logprobs(batch.input_ids, batch.attention_mask, batch.prompt_length)
+                          disable=not show_progress):
+            batch = datamodule.collate(rows[start:start + size]).to(device)
+            logprobs = reference_logprobs(batch.input_ids, batch.attention_mask, batch.prompt_length)
             lengths = batch.response_mask.sum(-1).long().tolist()
             for key, values, length in zip(cls._keys(batch), logprobs, lengths):
                 cache.rows[key] = values[:length].cpu()

@@ -1,57 +1,100 @@
-"""Reward sources: something that scores (prompt, response) pairs of text.
+"""Reward sources: something that scores (prompt, response) pairs of text, seeing the data's other columns.
 
 A reward source works on decoded text so that the policy and the reward model may use different
-tokenizers. Sources that hold a model load it lazily in :meth:`RewardSource.setup`, on the
-device the trainer chose.
+tokenizers. Every source is called as ``score(prompts, responses, **columns)``: ``columns`` holds
+every other column of the prompt data set by name (``answer``, ``tests``, ...), as lists aligned
+with the responses, so a verifiable reward can check a response against the data. A source takes
+only the columns it names (or all of them with ``**kwargs``). Sources that hold a model load it
+lazily in :meth:`RewardSource.setup`, on the device the trainer chose. ``model.init_args.reward``
+may also be a list of :class:`RewardTerm` (weighted sources, summed by :class:`WeightedRewards`).
 """
 
 from __future__ import annotations
 
-import importlib
+import inspect
+import math
 from abc import ABC, abstractmethod
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
 
-from rlhf_lightning.errors import RecipeError
+from rlhf_lightning.errors import RecipeError, raise_all
+from rlhf_lightning.imports import import_object
+
+Columns = Mapping[str, Sequence[Any]]
+RESERVED_COLUMNS = ("prompts", "responses", "group_size")  # argument names of the reward call itself
+
+
+def accepted_columns(fn: Callable, columns: Columns) -> dict[str, Sequence[Any]]:
+    """The columns ``fn`` takes: all of them when it has ``**kwargs``, else the ones it names."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return dict(columns)
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return dict(columns)
+    names = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {key: value for key, value in columns.items() if key in names}
+
+
+def required_columns(fn: Callable, skip: int = 2) -> list[str]:
+    """Parameters of ``fn`` after the first ``skip`` (prompts, responses) that have no default: the data
+    columns it cannot run without."""
+    try:
+        parameters = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return []
+    named = [p for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return [p.name for p in named[skip:] if p.default is p.empty]
+
+
+def win_rate(scores: torch.Tensor, other_scores: torch.Tensor) -> float:
+    """Share of pairs where ``scores`` beats ``other_scores``; ties count ½."""
+    wins = (scores > other_scores).float() + 0.5 * (scores == other_scores).float()
+    return wins.mean().item()
 
 
 class RewardSource(ABC):
-    """Base class: ``score(prompts, responses) -> Tensor[N]`` (float32, one reward per pair)."""
+    """Base class: ``score(prompts, responses, **columns) -> Tensor[N]`` (float32, one reward per pair)."""
 
     def setup(self, device: torch.device) -> None:
         """Load models and move them to ``device``; called once by ``RLHFModule`` before training."""
 
+    @property
+    def name(self) -> str:
+        """How the source's part of a reward sum is logged (``reward/<name>``)."""
+        return type(self).__name__
+
     @abstractmethod
-    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+    def score(self, prompts: Sequence[Any], responses: Sequence[str], **columns: Sequence[Any]) -> torch.Tensor:
         """Rewards ``r(x, y)`` for each pair, shape ``[N]``."""
 
-    def score_groups(self, prompts: Sequence[str], responses: Sequence[str], group_size: int) -> torch.Tensor:
+    def score_groups(self, prompts: Sequence[Any], responses: Sequence[str], group_size: int,
+                     **columns: Sequence[Any]) -> torch.Tensor:
         """Rewards for rows that come in groups of ``group_size`` responses to the same prompt.
 
         Pointwise sources ignore the grouping; preference sources compare the responses of a group.
         """
-        return self.score(prompts, responses)
+        return self.score(prompts, responses, **accepted_columns(self.score, columns))
 
+    def score_terms(self, prompts: Sequence[Any], responses: Sequence[str], group_size: int,
+                    **columns: Sequence[Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The reward ``[N]`` and its named parts (empty for a single source; see :class:`WeightedRewards`)."""
+        scores = self.score_groups(prompts, responses, group_size, **accepted_columns(self.score_groups, columns))
+        return torch.as_tensor(scores, dtype=torch.float32).reshape(len(responses)), {}
 
-def import_object(dotted: str, field: str) -> object:
-    """Import ``package.module.name``; a bad path is a :class:`RecipeError` naming ``field``."""
-    module_name, _, attribute = dotted.rpartition(".")
-    if not module_name:
-        raise RecipeError(field, f"'{dotted}' is not a dotted path", "write it as package.module.function")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise RecipeError(field, f"cannot import module '{module_name}' ({error})",
-                          "check the spelling and that the module is on PYTHONPATH") from None
-    if not hasattr(module, attribute):
-        raise RecipeError(field, f"module '{module_name}' has no attribute '{attribute}'",
-                          "check the function name")
-    return getattr(module, attribute)
+    def missing_columns(self, available: Sequence[str]) -> list[str]:
+        """Data columns this source needs that ``available`` lacks (checked before training)."""
+        return [name for name in required_columns(self.score) if name not in available]
 
 
 class FunctionReward(RewardSource):
-    """Reward from a Python function ``fn(prompts: list[str], responses: list[str]) -> list[float]``.
+    """Reward from a Python function ``fn(prompts, responses, **columns) -> list[float]``.
+
+    ``prompts`` are the data set's prompts (text, or chat messages), ``responses`` the decoded
+    responses, and each further parameter the function names is filled with that column of the
+    prompt data (aligned with the responses), e.g. ``def correct(prompts, responses, answer, **_)``.
 
     Args:
         function: dotted path of the function, e.g. ``my_rewards.length_bonus``.
@@ -61,17 +104,101 @@ class FunctionReward(RewardSource):
         self.function = function
         self._fn: Callable | None = None
 
+    @property
+    def name(self) -> str:
+        return self.function.rpartition(".")[2]
+
     def setup(self, device: torch.device) -> None:
         fn = import_object(self.function, "model.init_args.reward.init_args.function")
         if not callable(fn):
             raise RecipeError("model.init_args.reward.init_args.function", f"'{self.function}' is not callable")
         self._fn = fn
 
-    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+    def missing_columns(self, available: Sequence[str]) -> list[str]:
         if self._fn is None:
             self.setup(torch.device("cpu"))
-        values = self._fn(list(prompts), list(responses))
+        return [name for name in required_columns(self._fn) if name not in available]
+
+    def score(self, prompts: Sequence[Any], responses: Sequence[str], **columns: Sequence[Any]) -> torch.Tensor:
+        if self._fn is None:
+            self.setup(torch.device("cpu"))
+        values = self._fn(list(prompts), list(responses), **accepted_columns(self._fn, columns))
         return torch.as_tensor(values, dtype=torch.float32).reshape(len(responses))
+
+
+@dataclass
+class RewardTerm:
+    """One weighted source of a reward sum.
+
+    Args:
+        source: the reward source.
+        weight: its weight ``w`` in ``r = Σ w·r_source``.
+        name: how its part is logged (``reward/<name>``); default the source's name.
+    """
+
+    source: RewardSource
+    weight: float = 1.0
+    name: Optional[str] = None
+
+
+class WeightedRewards(RewardSource):
+    """The weighted sum of several reward sources, ``r(x, y) = Σ_k w_k · r_k(x, y)``.
+
+    Each part ``r_k`` (unweighted) is logged as ``reward/<name>`` and the sum is the raw reward.
+
+    Args:
+        terms: the sources with their weights and names.
+    """
+
+    field = "model.init_args.reward"
+
+    def __init__(self, terms: Sequence[RewardTerm]) -> None:
+        errors = []
+        if not terms:
+            errors.append(RecipeError(self.field, "the list of reward sources is empty", "give at least one source"))
+        names: list[str] = []
+        for index, term in enumerate(terms):
+            if isinstance(term.weight, bool) or not isinstance(term.weight, (int, float)) or not math.isfinite(term.weight):
+                errors.append(RecipeError(f"{self.field}[{index}].weight", f"must be a finite number, got {term.weight!r}"))
+            name = term.name or term.source.name
+            names.append(name if name not in names else f"{name}_{index}")
+        raise_all(errors)
+        self.terms = list(terms)
+        self.names = names
+
+    @property
+    def name(self) -> str:
+        return "+".join(self.names)
+
+    def setup(self, device: torch.device) -> None:
+        for term in self.terms:
+            term.source.setup(device)
+
+    def missing_columns(self, available: Sequence[str]) -> list[str]:
+        return [name for term in self.terms for name in term.source.missing_columns(available)]
+
+    def _combine(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        return sum(term.weight * part for term, part in zip(self.terms, parts))
+
+    def score(self, prompts: Sequence[Any], responses: Sequence[str], **columns: Sequence[Any]) -> torch.Tensor:
+        return self._combine([term.source.score(prompts, responses, **accepted_columns(term.source.score, columns))
+                              for term in self.terms])
+
+    def score_terms(self, prompts: Sequence[Any], responses: Sequence[str], group_size: int,
+                    **columns: Sequence[Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        parts = [term.source.score_terms(prompts, responses, group_size, **columns)[0] for term in self.terms]
+        return self._combine(parts), dict(zip(self.names, parts))
+
+    def score_groups(self, prompts: Sequence[Any], responses: Sequence[str], group_size: int,
+                     **columns: Sequence[Any]) -> torch.Tensor:
+        return self.score_terms(prompts, responses, group_size, **columns)[0]
+
+
+def as_reward_source(reward: Union[RewardSource, Sequence[RewardTerm], None]) -> Optional[RewardSource]:
+    """The module's reward: one source as it is, a list of weighted terms as their :class:`WeightedRewards`."""
+    if reward is None or isinstance(reward, RewardSource):
+        return reward
+    return WeightedRewards(list(reward))
 
 
 class _OneLogitClassifier:
@@ -133,7 +260,7 @@ class RewardModel(_OneLogitClassifier, RewardSource):
         super().__init__(path, batch_size, max_length, trust_remote_code)
 
     @torch.no_grad()
-    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+    def score(self, prompts: Sequence[Any], responses: Sequence[str], **columns: Sequence[Any]) -> torch.Tensor:
         """Encoded exactly as reward-model training encodes pairs (prompt tokens, response tokens, EOS;
         see :mod:`rlhf_lightning.data.encoding`), scored at the last real token."""
         from rlhf_lightning.critic import sequence_scores
@@ -187,10 +314,11 @@ class PreferenceSource(RewardSource):
             "use an objective with ≥ 2 samples per prompt (e.g. REBEL, OnlineDPO), and give evaluation callbacks a "
             "pointwise judge (trainer.callbacks[WinRateEvaluation].init_args.judge, e.g. the task's GoldJudge)")
 
-    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+    def score(self, prompts: Sequence[Any], responses: Sequence[str], **columns: Sequence[Any]) -> torch.Tensor:
         raise self._needs_groups("single responses (pointwise, as an evaluation judge does)")
 
-    def score_groups(self, prompts: Sequence[str], responses: Sequence[str], group_size: int) -> torch.Tensor:
+    def score_groups(self, prompts: Sequence[Any], responses: Sequence[str], group_size: int,
+                     **columns: Sequence[Any]) -> torch.Tensor:
         if group_size < 2:
             raise self._needs_groups(f"groups of {group_size} response per prompt")
         n = len(responses)

@@ -37,8 +37,7 @@ def tiny_run_args(model_dir: Path, data: dict, root: Path, *, batches: int = 8, 
         "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(root),
         "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false",
-        "--trainer.callbacks+=rlhf_lightning.callbacks.Rollout", "--trainer.callbacks.max_new_tokens", "6",
-        "--trainer.callbacks.no_eos_reward", "null",
+        "--rollout.max_new_tokens", "6", "--rollout.no_eos_reward", "null",
         "--trainer.callbacks+=rlhf_lightning.callbacks.WinRateEvaluation", "--trainer.callbacks.max_new_tokens", "6",
         *extra,
     ]
@@ -57,13 +56,15 @@ def fit_with_callbacks(args: Sequence[str], *callbacks: Callback) -> RLHFCLI:
 
 
 class RecordRollouts(Callback):
-    """Keeps each rollout batch the Rollout callback built, and whether it left ``ln π_t`` to the update
-    (``old_logprobs`` still ``None`` when the batch starts)."""
+    """Keeps each complete rollout (samples with ``ln π_t`` and shaped rewards) that ``training_step`` built,
+    and whether ``ln π_t`` came from the update's own forward."""
 
     def __init__(self) -> None:
         self.rollouts = []
         self.deferred: list[bool] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.rollouts.append(batch["rollout"])
-        self.deferred.append(batch["rollout"].old_logprobs is None)
+        self.deferred.append(pl_module.takes_old_logprobs_from_update(len(batch["samples"])))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.rollouts.append(outputs["rollout"])

@@ -18,13 +18,6 @@ from rlhf_lightning.cli import find_recipe_error
 from rlhf_lightning.errors import RecipeError
 from runs import run_cli, tiny_run_args
 
-ROLLOUT = "--trainer.callbacks+=rlhf_lightning.callbacks.Rollout"
-
-
-def with_rollout_args(args: list[str], *rollout_args: str) -> list[str]:
-    """Insert arguments of the Rollout callback right after it (later ones would go to another callback)."""
-    at = args.index(ROLLOUT) + 1
-    return args[:at] + list(rollout_args) + args[at:]
 
 
 def summary_of(root: Path) -> dict:
@@ -92,7 +85,7 @@ def test_grpo_learns(tiny_model, tiny_data, tmp_path, variant):
     args = tiny_run_args(tiny_model, tiny_data, tmp_path, batches=8,
                          objective=["--model.objective", "rlhf_lightning.objectives.grpo.GRPO",
                                     "--model.objective.group_size", "4", *variant])
-    cli = run_cli(with_rollout_args(args, "--trainer.callbacks.kl_coef", "0"))  # GRPO's KL is in the loss
+    cli = run_cli(args + ["--rollout.kl_coef", "0"])  # GRPO's KL is in the loss
     assert_learned(summary_of(tmp_path), "grpo")
     assert cli.trainer.global_step == 8
     assert {"loss/policy", "loss/kl", "grpo/clip_fraction", "grpo/advantage_std"} <= logged_columns(tmp_path)

@@ -37,10 +37,6 @@ def train_rows(root: Path) -> list[dict]:
     return [row for row in metric_rows(root) if row.get("reward/raw")]
 
 
-def with_rollout_options(args: list[str], *options: str) -> list[str]:
-    """``--trainer.callbacks.X`` applies to the callback added last: put Rollout options right after it."""
-    index = args.index("--trainer.callbacks+=rlhf_lightning.callbacks.Rollout") + 1
-    return args[:index] + list(options) + args[index:]
 
 
 # ---------------------------------------------------------------------------- learning
@@ -205,8 +201,7 @@ def test_ppo_with_adaptive_kl_and_entropy_bonus(tiny_model, tiny_data, tmp_path)
     args = tiny_run_args(tiny_model, tiny_data, tmp_path, batches=4,
                          objective=ppo_args("--model.objective.entropy_coef", "0.01"),
                          extra=["--model.critic.path", str(tiny_model)])
-    args = with_rollout_options(args, "--trainer.callbacks.target_kl", str(target),
-                                "--trainer.callbacks.kl_horizon", str(horizon))
+    args = args + ["--rollout.target_kl", str(target), "--rollout.kl_horizon", str(horizon)]
     cli = run_cli(args)
     (rollout_callback,) = [c for c in cli.trainer.callbacks if isinstance(c, Rollout)]
     assert rollout_callback.target_kl == target and rollout_callback.kl_horizon == horizon

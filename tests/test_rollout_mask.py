@@ -3,13 +3,28 @@
 import pytest
 import torch
 
-from rlhf_lightning.callbacks.rollout import response_attention_mask
+from rlhf_lightning.generation import response_attention_mask
 from rlhf_lightning.rollout import Rollout
 
 PAD, EOS = 0, 1
 
 
 # ---------------------------------------------------------------------------- response_attention_mask
+def test_any_token_of_an_eos_set_ends_the_response():
+    """Llama-3-style checkpoints end responses with either of two ids: each one counts as EOS."""
+    SECOND = 9
+    responses = torch.tensor([
+        [5, SECOND, 7, PAD],  # ends with the second EOS: the 7 after it is masked
+        [5, 6, EOS, PAD],
+        [5, 6, 7, 8],  # no EOS at all
+    ])
+    mask, has_eos = response_attention_mask(responses, (EOS, SECOND), PAD)
+    assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
+    assert has_eos.tolist() == [True, True, False]
+    _, only_first = response_attention_mask(responses, EOS, PAD)
+    assert only_first.tolist() == [False, True, False]
+
+
 def test_mask_keeps_tokens_up_to_and_including_first_eos():
     """Tokens after the first EOS are masked (even non-pad ones, even a second EOS); EOS itself is kept."""
     responses = torch.tensor([
@@ -44,7 +59,7 @@ def test_mask_when_pad_equals_eos():
         [5, 6, 7, 8, 9],
         [5, 6, 7, 8, EOS],
     ])
-    mask, has_eos = response_attention_mask(responses, eos_token_id=EOS, pad_token_id=EOS)
+    mask, has_eos = response_attention_mask(responses, eos_ids=EOS, pad_token_id=EOS)
     assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1]]
     assert has_eos.tolist() == [True, True, False, True]
 

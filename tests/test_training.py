@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch import Callback
 from transformers import AutoModelForCausalLM
 
-from rlhf_lightning.data.prompts import ResumableShuffleSampler
+from rlhf_lightning.data.base import ResumableShuffleSampler
 from runs import REBEL_ARGS, fit_with_callbacks, run_cli, tiny_run_args
 
 
@@ -62,7 +62,7 @@ RESUMED_RUNS = {  # name → (objective options, Rollout callback options, optim
     # RLOO (1 update per batch: ln π_t from the update's forward) with the adaptive KL controller,
     # whose γ must also continue where it stopped
     "rloo_adaptive_kl": (("--model.objective", "rlhf_lightning.objectives.RLOO"),
-                         ("--trainer.callbacks.target_kl", "0.01", "--trainer.callbacks.kl_horizon", "50"), 1),
+                         ("--rollout.target_kl", "0.01", "--rollout.kl_horizon", "50"), 1),
 }
 
 
@@ -74,7 +74,7 @@ def test_resume_matches_uninterrupted_run(tiny_model, tiny_data, tmp_path, name)
     def args(root):
         run = tiny_run_args(tiny_model, tiny_data, root, batches=6, objective=objective, extra=_checkpointing(root))
         at = run.index("--trainer.callbacks+=rlhf_lightning.callbacks.WinRateEvaluation")
-        return run[:at] + list(rollout_options) + run[at:]  # Rollout options right after the Rollout callback
+        return run[:at] + list(rollout_options) + run[at:]
 
     full_root, crash_root = tmp_path / "full", tmp_path / "crash"
     full = run_cli(args(full_root))

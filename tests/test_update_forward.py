@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 
+from dataclasses import replace
+
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -12,14 +14,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from rlhf_lightning import RLHFModule
 from rlhf_lightning.models import ModelConfig
 from rlhf_lightning.objectives import GRPO, PPO, REBEL, RLOO
-from rlhf_lightning.rollout import Rollout
+from rlhf_lightning.rollout import Rollout, Samples
 from runs import RecordRollouts, fit_with_callbacks, tiny_run_args
 
 
 class EntropyBonusRLOO(RLOO):
     """A user objective that also needs the policy's entropy (with grad): RLOO − 0.1 · mean entropy."""
 
-    needs_entropy = True
+    needs = replace(RLOO.needs, entropy=True)
 
     def loss(self, logprobs, rollout, entropy):
         loss, metrics = super().loss(logprobs, rollout)
@@ -29,7 +31,7 @@ class EntropyBonusRLOO(RLOO):
 
 OBJECTIVES = {
     "rloo": ["--model.objective", "rlhf_lightning.objectives.RLOO"],
-    "grpo": ["--model.objective", "rlhf_lightning.objectives.GRPO", "--model.objective.group_size", "2"],
+    "grpo": ["--model.objective", "rlhf_lightning.objectives.GRPO", "--model.objective.group_size", "2", "--rollout.kl_coef", "0"],
     "rebel_1_epoch": ["--model.objective", "rlhf_lightning.objectives.REBEL", "--model.objective.inner_epochs", "1"],
     "user_entropy_bonus": ["--model.objective", "test_update_forward.EntropyBonusRLOO"],
     # micro-batches as large as the rollout: the update runs on a copy of the rows (carrying the forward)
@@ -47,7 +49,7 @@ def _without_evaluation(args: list[str]) -> list[str]:
 def _train(tiny_model, tiny_data, root, objective, from_update: bool):
     args = _without_evaluation(tiny_run_args(tiny_model, tiny_data, root, batches=3, objective=objective,
                                              extra=["--model.old_logprobs_from_update", str(from_update).lower(),
-                                                    "--trainer.callbacks.temperature", "0.7"]))
+                                                    "--rollout.temperature", "0.7"]))
     recorder = RecordRollouts()
     cli = fit_with_callbacks(args, recorder)
     return cli, recorder
@@ -91,16 +93,19 @@ def test_update_forward_is_used_only_when_it_is_one_step_over_all_rows():
     assert not _module(RLOO(), old_logprobs_from_update=False).takes_old_logprobs_from_update(16)
 
 
-def test_attach_policy_logprobs_shapes_rewards_and_sets_metrics_by_hand():
+def test_with_policy_logprobs_shapes_rewards_and_sets_metrics_by_hand():
     # two rows, P = 1, R = 3; row 0 has 2 response tokens, row 1 has 3
     attention_mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
     old = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, -0.5, -1.0]])
     ref = torch.tensor([[-1.5, -1.0, 0.0], [-1.0, -1.0, -1.0]])
-    rollout = Rollout(input_ids=torch.zeros(2, 4, dtype=torch.long), attention_mask=attention_mask, prompt_length=1,
-                      old_logprobs=None, ref_logprobs=ref, rewards=torch.tensor([1.0, 2.0]), shaped_rewards=None,
-                      group_size=2, kl_coef=0.5)
+    samples = Samples(input_ids=torch.zeros(2, 4, dtype=torch.long), attention_mask=attention_mask, prompt_length=1,
+                      ref_logprobs=ref, rewards=torch.tensor([1.0, 2.0]), group_size=2, kl_coef=0.5,
+                      metrics={"reward/raw": 1.5})
     entropy = torch.tensor([[1.0, 3.0, 9.0], [2.0, 2.0, 2.0]])  # the 9 is on padding
-    assert rollout.attach_policy_logprobs(old, entropy) is rollout
+    rollout = samples.with_policy_logprobs(old, entropy)
+    assert isinstance(rollout, Rollout) and rollout.rewards is samples.rewards
+    assert samples.metrics == {"reward/raw": 1.5}  # the samples are not changed
+    assert rollout.metrics["reward/raw"] == 1.5
     # ln π_t − ln π_ref per row: (−3) − (−2.5) = −0.5 and (−2) − (−3) = 1
     torch.testing.assert_close(rollout.shaped_rewards, torch.tensor([1.0 + 0.25, 2.0 - 0.5]))
     assert rollout.old_logprobs is old

@@ -66,3 +66,9 @@ def good_word_reward(prompts: list[str], responses: list[str]) -> list[float]:
         words = response.split()
         out.append(sum(w == "good" for w in words) / max(len(words), 1) if words else 0.0)
     return out
+
+
+def answer_reward(prompts: list[str], responses: list[str], answer: list[str]) -> list[float]:
+    """A verifiable reward: 1 when the response's first word is the row's ``answer`` column, else 0."""
+    return [float(bool(response.split()) and response.split()[0] == expected)
+            for response, expected in zip(responses, answer)]

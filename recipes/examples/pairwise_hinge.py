@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from rlhf_lightning.logprobs import masked_sum
-from rlhf_lightning.objectives import Objective
+from rlhf_lightning.objectives import Needs, Objective
 from rlhf_lightning.rollout import Rollout
 
 
@@ -29,7 +29,7 @@ class PairwiseHinge(Objective):
         inner_epochs: passes over each rollout batch.
     """
 
-    samples_per_prompt = 2  # the rollout callback samples two responses per prompt
+    needs = Needs(samples_per_prompt=2)  # the rollout samples two responses per prompt
 
     def __init__(self, margin: float = 1.0, inner_epochs: int = 2) -> None:
         super().__init__(inner_epochs=inner_epochs)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import warnings
 from collections import Counter
-from typing import Callable, Literal, Optional
+from typing import Callable, Iterator, Literal, Optional
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from rlhf_lightning.errors import RecipeError
 
@@ -36,6 +36,46 @@ class Records(Dataset):
         return self.rows[index]
 
 
+class ResumableShuffleSampler(Sampler[int]):
+    """A seeded per-epoch permutation that can start part-way, so a run resumes mid-epoch exactly.
+
+    Lightning calls :meth:`set_epoch` at the start of every epoch. :meth:`resume_at` makes the next
+    pass over ``epoch`` skip the indices already trained on. Under several processes each rank
+    takes every ``world_size``-th index of the same permutation (the tail that does not divide
+    evenly is dropped), so ranks see disjoint prompts.
+    """
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1) -> None:
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        self._resume: Optional[tuple[int, int]] = None  # (epoch, indices to skip)
+
+    def __len__(self) -> int:
+        return self.size // self.world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def resume_at(self, epoch: int, skip: int) -> None:
+        """Start the next pass over ``epoch`` after its first ``skip`` indices (of this rank)."""
+        self.epoch = epoch
+        self._resume = (epoch, skip)
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            order = list(range(self.size))
+        order = order[self.rank:len(self) * self.world_size:self.world_size]
+        skip = 0
+        if self._resume is not None and self._resume[0] == self.epoch:
+            skip = self._resume[1]
+            self._resume = None
+        return iter(order[skip:])
+
+
 class ResumableTrainLoader:
     """Mixin for a ``LightningDataModule``: a seeded training loader whose position (epoch and batches
     trained on) is saved in checkpoints, so that ``--ckpt_path`` resumes mid-epoch on the same rows.
@@ -51,8 +91,6 @@ class ResumableTrainLoader:
     _resume_state: Optional[dict] = None
 
     def resumable_loader(self, rows: list, collate: Callable) -> DataLoader:
-        from rlhf_lightning.data.prompts import ResumableShuffleSampler
-
         if self._train_loader is None:
             trainer = getattr(self, "trainer", None)
             rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)

@@ -13,9 +13,14 @@ Messages = list[dict[str, Any]]
 
 def encode_prompt(tokenizer, prompt: Union[str, Messages]) -> list[int]:
     """Prompt tokens: plain text with the tokenizer's special tokens, or chat messages through the
-    tokenizer's chat template (with the generation prompt of the assistant turn)."""
+    tokenizer's chat template (with the generation prompt of the assistant turn).
+
+    Text that already starts with the BOS token (a chat template rendered beforehand) gets no second one.
+    """
     if isinstance(prompt, str):
-        return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        bos = getattr(tokenizer, "bos_token", None)
+        has_bos = bool(bos) and prompt.startswith(bos)
+        return list(tokenizer(prompt, add_special_tokens=not has_bos)["input_ids"])
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("the prompt is a list of chat messages, but the tokenizer has no chat template")
     ids = tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=True)
@@ -38,17 +43,43 @@ def encode_response(tokenizer, response: Union[str, dict, Messages]) -> list[int
     return list(tokenizer(response_text(response), add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
 
 
+def pad_rows(rows: Sequence[Sequence[int]], pad_token_id: int, side: str = "right",
+             width: int | None = None) -> tuple[Tensor, Tensor]:
+    """Token lists as ``input_ids``/``attention_mask`` ``[N, W]`` (``W`` the longest row, or ``width``),
+    padded on the ``left`` (prompts for generation) or the ``right`` (responses, texts)."""
+    width = max([len(row) for row in rows] + [0]) if width is None else width
+    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if not len(row):
+            continue
+        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        input_ids[i, span] = torch.as_tensor(list(row), dtype=torch.long)
+        attention_mask[i, span] = 1
+    return input_ids, attention_mask
+
+
 def pad_prompt_response(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
                         pad_token_id: int) -> tuple[Tensor, Tensor, int]:
     """``input_ids``/``attention_mask`` ``[N, P + R]``: prompts left-padded to ``P``, responses right-padded to ``R``."""
-    width_p = max(len(p) for p in prompts)
-    width_r = max(1, max(len(r) for r in responses))
-    n = len(prompts)
-    input_ids = torch.full((n, width_p + width_r), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((n, width_p + width_r), dtype=torch.long)
-    for i, (prompt, response) in enumerate(zip(prompts, responses)):
-        input_ids[i, width_p - len(prompt):width_p] = torch.tensor(prompt, dtype=torch.long)
-        attention_mask[i, width_p - len(prompt):width_p] = 1
-        input_ids[i, width_p:width_p + len(response)] = torch.tensor(response, dtype=torch.long)
-        attention_mask[i, width_p:width_p + len(response)] = 1
-    return input_ids, attention_mask, width_p
+    prompt_ids, prompt_mask = pad_rows(prompts, pad_token_id, "left")
+    response_ids, response_mask = pad_rows(responses, pad_token_id, "right", max(1, max(len(r) for r in responses)))
+    return torch.cat([prompt_ids, response_ids], 1), torch.cat([prompt_mask, response_mask], 1), prompt_ids.shape[1]
+
+
+def other_columns(record: dict, prompt_column: str) -> dict[str, Any]:
+    """A data row's columns besides the prompt, by name (what reward functions may read)."""
+    return {key: value for key, value in record.items() if key != prompt_column}
+
+
+def collate_prompt_rows(rows: Sequence[dict], pad_token_id: int) -> dict:
+    """Encoded prompt rows (``prompt``, ``input_ids``, optional ``columns``/``reference``) as a generation batch:
+    ``input_ids``/``attention_mask`` ``[B, P]`` left-padded, the ``prompt`` values, every other column as a
+    list (``None`` where a row lacks it) and ``reference`` when every row has one."""
+    input_ids, attention_mask = pad_rows([row["input_ids"] for row in rows], pad_token_id, "left")
+    names = list(dict.fromkeys(name for row in rows for name in row.get("columns", {})))
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "prompt": [row["prompt"] for row in rows],
+             "columns": {name: [row.get("columns", {}).get(name) for row in rows] for name in names}}
+    if all("reference" in row for row in rows):
+        batch["reference"] = [row["reference"] for row in rows]
+    return batch

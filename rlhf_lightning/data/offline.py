@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader
 
 from rlhf_lightning.batches import SequenceBatch
 from rlhf_lightning.data.base import BadRows, OnBadRow, Records, ResumableTrainLoader, run_seed
-from rlhf_lightning.data.encoding import encode_prompt, encode_response, pad_prompt_response, response_text
+from rlhf_lightning.data.encoding import (collate_prompt_rows, encode_prompt, encode_response, other_columns,
+                                          pad_prompt_response, response_text)
 from rlhf_lightning.data.files import read_records, require_columns
 from rlhf_lightning.errors import RecipeError
 from rlhf_lightning.models import load_tokenizer
@@ -143,7 +144,8 @@ class OfflineDataModule(ResumableTrainLoader, LightningDataModule):
             ids = self._prompt(record)
             if isinstance(ids, str):
                 continue
-            row = {"prompt": record[self.prompt_column], "input_ids": ids}
+            row = {"prompt": record[self.prompt_column], "input_ids": ids,
+                   "columns": other_columns(record, self.prompt_column)}
             if self.reference_column in record:
                 row["reference"] = record[self.reference_column]
             rows.append(row)
@@ -183,12 +185,8 @@ class OfflineDataModule(ResumableTrainLoader, LightningDataModule):
         return bool(self.eval_prompts)
 
     def collate_prompts(self, rows: list[dict]) -> dict:
-        """Left-padded prompts for generation: ``input_ids``/``attention_mask`` ``[B, P]`` and the texts."""
-        input_ids, attention_mask, _ = pad_prompt_response([r["input_ids"] for r in rows], [[] for _ in rows],
-                                                           self.tokenizer.pad_token_id)
-        width = max(len(r["input_ids"]) for r in rows)
-        return {"input_ids": input_ids[:, :width], "attention_mask": attention_mask[:, :width],
-                "prompt": [r["prompt"] for r in rows]}
+        """Left-padded prompts for generation (see :func:`~rlhf_lightning.data.encoding.collate_prompt_rows`)."""
+        return collate_prompt_rows(rows, self.tokenizer.pad_token_id)
 
 
 class SFTDataModule(OfflineDataModule):

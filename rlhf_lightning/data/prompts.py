@@ -3,57 +3,19 @@
 from __future__ import annotations
 
 import warnings
-from typing import Iterator, Literal, Optional
+from typing import Literal, Optional
 
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from rlhf_lightning.data.base import ResumableTrainLoader, run_seed
+from rlhf_lightning.data.encoding import collate_prompt_rows, encode_prompt, other_columns, pad_rows
 from rlhf_lightning.data.files import read_records, require_columns
 from rlhf_lightning.errors import RecipeError
 from rlhf_lightning.models import load_tokenizer
-
-
-class ResumableShuffleSampler(Sampler[int]):
-    """A seeded per-epoch permutation that can start part-way, so a run resumes mid-epoch exactly.
-
-    Lightning calls :meth:`set_epoch` at the start of every epoch. :meth:`resume_at` makes the next
-    pass over ``epoch`` skip the indices already trained on. Under several processes each rank
-    takes every ``world_size``-th index of the same permutation (the tail that does not divide
-    evenly is dropped), so ranks see disjoint prompts.
-    """
-
-    def __init__(self, size: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1) -> None:
-        self.size, self.seed, self.shuffle = size, seed, shuffle
-        self.rank, self.world_size = rank, world_size
-        self.epoch = 0
-        self._resume: Optional[tuple[int, int]] = None  # (epoch, indices to skip)
-
-    def __len__(self) -> int:
-        return self.size // self.world_size
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def resume_at(self, epoch: int, skip: int) -> None:
-        """Start the next pass over ``epoch`` after its first ``skip`` indices (of this rank)."""
-        self.epoch = epoch
-        self._resume = (epoch, skip)
-
-    def __iter__(self) -> Iterator[int]:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.size, generator=generator).tolist()
-        else:
-            order = list(range(self.size))
-        order = order[self.rank:len(self) * self.world_size:self.world_size]
-        skip = 0
-        if self._resume is not None and self._resume[0] == self.epoch:
-            skip = self._resume[1]
-            self._resume = None
-        return iter(order[skip:])
+from rlhf_lightning.rewards import RESERVED_COLUMNS
 
 
 class PretrainStream:
@@ -89,12 +51,16 @@ class PretrainStream:
 class PromptDataModule(ResumableTrainLoader, LightningDataModule):
     """Prompts (and optional reference responses) from local files.
 
+    Prompts are text or chat messages (a list of ``{"role", "content"}``, rendered by the tokenizer's chat
+    template with the assistant's generation prompt). Every other column of a row reaches the reward
+    sources by name (``batch["columns"]``), e.g. an ``answer`` column for a verifiable reward.
+
     Args:
         train_file: training prompts (.jsonl/.json/.parquet or a ``save_to_disk`` directory).
         tokenizer: tokenizer directory (usually the policy's).
         validation_file: held-out prompts for periodic evaluation.
         test_file: held-out prompts for the final evaluation (win rates).
-        prompt_column: column with the prompt text.
+        prompt_column: column with the prompt (text, or a list of chat messages).
         reference_column: column with a reference response (for win rate vs reference); optional.
         batch_size: prompts per rollout batch (per process).
         max_prompt_length: prompts longer than this many tokens are an error or skipped.
@@ -172,14 +138,23 @@ class PromptDataModule(ResumableTrainLoader, LightningDataModule):
         needed = [self.prompt_column] + ([self.reference_column] if self.reference_column and split != "train" else [])
         require_columns(records, needed, field, path, options={self.prompt_column: "data.init_args.prompt_column",
                                                                self.reference_column: "data.init_args.reference_column"})
+        reserved = [name for name in RESERVED_COLUMNS if name in records[0]]
+        if reserved:
+            raise RecipeError(field, f"'{path}' has a column named {reserved[0]!r}, which reward functions receive as "
+                                     "their own argument", f"rename the column {reserved[0]!r} in the data")
         rows, too_long, first_long = [], 0, None
         for index, record in enumerate(records):
-            ids = self.tokenizer(record[self.prompt_column], add_special_tokens=True)["input_ids"]
+            try:
+                ids = encode_prompt(self.tokenizer, record[self.prompt_column])
+            except ValueError as error:
+                raise RecipeError("data.init_args.prompt_column", f"row {index} of '{path}': {error}",
+                                  "use a tokenizer with a chat template, or plain-text prompts") from None
             if len(ids) > self.max_prompt_length:
                 too_long += 1
                 first_long = first_long or (index, len(ids))
                 continue
-            row = {"prompt": record[self.prompt_column], "input_ids": ids}
+            row = {"prompt": record[self.prompt_column], "input_ids": ids,
+                   "columns": other_columns(record, self.prompt_column)}
             if self.reference_column and self.reference_column in record:
                 row["reference"] = record[self.reference_column]
             rows.append(row)
@@ -197,29 +172,19 @@ class PromptDataModule(ResumableTrainLoader, LightningDataModule):
         return rows
 
     def collate(self, rows: list[dict]) -> dict:
-        """Left-pad prompts: ``input_ids``/``attention_mask`` ``[B, P]``, plus the texts."""
-        width = max(len(r["input_ids"]) for r in rows)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids = torch.tensor(row["input_ids"], dtype=torch.long)
-            input_ids[i, width - len(ids):] = ids
-            attention_mask[i, width - len(ids):] = 1
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "prompt": [r["prompt"] for r in rows]}
-        if all("reference" in r for r in rows):
-            batch["reference"] = [r["reference"] for r in rows]
-        return batch
+        """Left-padded prompts ``input_ids``/``attention_mask`` ``[B, P]``, the prompts, the other columns."""
+        return collate_prompt_rows(rows, self.tokenizer.pad_token_id)
 
     def collate_pretrain(self, rows: list[list[int]]) -> dict:
         """Right-pad token lists: ``input_ids``/``attention_mask`` ``[B, L]``."""
-        width = max(len(ids) for ids in rows)
-        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, ids in enumerate(rows):
-            input_ids[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[i, :len(ids)] = 1
+        input_ids, attention_mask = pad_rows(rows, self.tokenizer.pad_token_id, "right")
         return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    @property
+    def prompt_columns(self) -> list[str]:
+        """Names of the training prompts' other columns (what a reward function may ask for)."""
+        rows = self.splits.get("train", [])
+        return list(rows[0]["columns"]) if rows else []
 
     def pretrain_stream(self) -> Optional[PretrainStream]:
         """The stream of pretraining rows (``None`` without ``pretrain_file``)."""
@@ -263,7 +228,7 @@ class PromptDataModule(ResumableTrainLoader, LightningDataModule):
         self.resume_train_position(state)
 
     def eval_rows(self, split: str, limit: Optional[int] = None) -> list[dict]:
-        """Rows of a held-out split for evaluation callbacks (``prompt``, ``input_ids``, ``reference``)."""
+        """Rows of a held-out split for evaluation callbacks (``prompt``, ``input_ids``, ``columns``, ``reference``)."""
         if split not in self.splits:
             raise RecipeError(f"data.init_args.{split}_file", f"evaluation needs the '{split}' split, which is not set",
                               f"set data.init_args.{split}_file")

@@ -3,31 +3,15 @@ length-normalised (Tülu 3) and reference-free options; the base of IPO, SLiC an
 
 from __future__ import annotations
 
-import math
-from typing import Callable
+from dataclasses import replace
 
 from torch import Tensor
 
 from rlhf_lightning.batches import SequenceBatch
 from rlhf_lightning.errors import RecipeError, raise_all
 from rlhf_lightning.logprobs import masked_sum
-from rlhf_lightning.objectives.base import Objective
+from rlhf_lightning.objectives.base import Needs, Objective, flag_problems, number_problems
 from rlhf_lightning.pairwise import sigmoid_loss
-
-
-def number_problems(key: str, value: float, ok: Callable[[float], bool], wanted: str,
-                    fix: str = "") -> list[RecipeError]:
-    """``[]`` if ``value`` is a finite number with ``ok(value)``, else one error naming
-    ``model.init_args.objective.init_args.<key>`` (collect them all, then :func:`raise_all`)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
-        return [Objective.field_error(key, f"must be {wanted}, got {value!r}", fix)]
-    return []
-
-
-def flag_problems(**flags: bool) -> list[RecipeError]:
-    """One error per argument that is not ``true``/``false``."""
-    return [Objective.field_error(key, f"must be true or false, got {value!r}") for key, value in flags.items()
-            if not isinstance(value, bool)]
 
 
 def sequence_logprob(logprobs: Tensor, mask: Tensor, length_normalized: bool = False) -> Tensor:
@@ -71,7 +55,7 @@ class DPO(Objective):
       response length ``|y|``, so ``h`` compares per-token log-ratios and long responses are not
       favoured; the per-token log-ratios are small, so it wants a much larger β (Tülu 3 uses 5).
     - ``reference_free``: the ``π_ref`` terms are dropped (``h = ln π_θ(y_w|x) − ln π_θ(y_l|x)``)
-      and ``needs_reference`` becomes False, so no reference model is loaded or run.
+      and ``needs.reference`` becomes False, so no reference model is loaded or run.
 
     Subclasses change :meth:`margin` (how ``h`` is made) or :meth:`pair_loss` (the loss on ``h``):
     :class:`~rlhf_lightning.objectives.ipo.IPO`, :class:`~rlhf_lightning.objectives.slic.SLiC`,
@@ -95,8 +79,7 @@ class DPO(Objective):
         reference_free: drop ``π_ref`` from ``h`` (no reference model is needed).
     """
 
-    needs_rollout = False
-    needs_reference = True
+    needs = Needs(rollout=False, reference=True)
     metric_namespace = "dpo"
 
     def __init__(self, beta: float = 0.05, label_smoothing: float = 0.0, length_normalized: bool = False,
@@ -108,7 +91,7 @@ class DPO(Objective):
         self.label_smoothing = float(label_smoothing)
         self.length_normalized = length_normalized
         self.reference_free = reference_free
-        self.needs_reference = not reference_free  # instance attribute: the module reads it per objective
+        self.needs = replace(self.needs, reference=not reference_free)
 
     @staticmethod
     def beta_problems(beta: float, fix: str = "the REBEL paper's DPO uses 0.05") -> list[RecipeError]:
@@ -128,7 +111,7 @@ class DPO(Objective):
         if not self.reference_free:
             if batch.ref_logprobs is None:
                 raise ValueError(f"{type(self).__name__} needs reference log-probs (batch.ref_logprobs); the module "
-                                 "fills them when the objective declares needs_reference (or set reference_free)")
+                                 "fills them when the objective needs a reference (or set reference_free)")
             ratio = logprobs - batch.ref_logprobs.masked_fill(mask == 0, 0.0)  # [N, R]
         return sequence_logprob(ratio, mask, self.length_normalized)  # [N]
 

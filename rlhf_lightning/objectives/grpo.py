@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, Optional, get_args
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from rlhf_lightning.advantages import group_normalized_advantages
 from rlhf_lightning.errors import RecipeError
 from rlhf_lightning.logprobs import KLEstimator, kl_per_token, masked_mean
-from rlhf_lightning.objectives.base import Objective
-from rlhf_lightning.objectives.reinforce import prepared_advantages
-from rlhf_lightning.policy_loss import TokenReduction, clipped_surrogate, reduce_tokens
+from rlhf_lightning.objectives.base import Needs, Objective
+from rlhf_lightning.policy_loss import TokenReduction, clipped_surrogate, prepared_advantages, reduce_tokens
 from rlhf_lightning.rollout import Rollout
 
 ADVANTAGE_EPS = 1e-4  # δ in A = (r − mean)/(std + δ): equal rewards in a group give A = 0, not NaN
@@ -39,9 +38,8 @@ class GRPO(Objective):
     (sum over tokens / (N · ``constant_length``)), so long wrong answers are not favoured.
 
     GRPO regularises with the KL term in the loss and computes advantages from the **raw** reward
-    ``r`` (``rollout.rewards``), not the KL-shaped ``r̃``: set the Rollout callback's ``kl_coef`` to 0
-    for GRPO (any value there only changes the logged shaped reward; a warning is logged once when it
-    is > 0).
+    ``r`` (``rollout.rewards``), not the KL-shaped ``r̃``: it declares ``Needs(kl_in_reward=False)``, so a
+    recipe must set ``rollout.init_args.kl_coef: 0`` (a non-zero γ is a recipe error before training).
 
     Args:
         group_size: samples per prompt ``G`` (≥ 2).
@@ -58,9 +56,9 @@ class GRPO(Objective):
         num_minibatches: optimizer steps per pass.
     """
 
-    samples_per_prompt = 4  # replaced by ``group_size`` on each instance
-
-    kl_in_reward = False  # the KL to π_ref is a term of the loss; the Rollout callback does not shape rewards
+    # samples_per_prompt is replaced by ``group_size`` on each instance; the KL to π_ref is a term of the loss,
+    # so the rollout must not shape rewards with γ
+    needs = Needs(samples_per_prompt=4, kl_in_reward=False)
 
     def __init__(self, group_size: int = 4, clip_ratio: float = 0.2, beta: float = 0.04,
                  kl_estimator: KLEstimator = "k3", scale_rewards: bool = True,
@@ -90,24 +88,18 @@ class GRPO(Objective):
                                                "set loss_reduction: constant, or constant_length: null"))
         super().__init__(inner_epochs=inner_epochs, num_minibatches=num_minibatches, problems=errors)
         self.group_size = group_size
-        self.samples_per_prompt = group_size
+        self.needs = replace(self.needs, samples_per_prompt=group_size)
         self.clip_ratio = clip_ratio
         self.beta = beta
         self.kl_estimator = kl_estimator
         self.scale_rewards = scale_rewards
         self.loss_reduction = loss_reduction
         self.constant_length = constant_length
-        self._warned_kl_coef = False
 
     def prepare(self, rollout: Rollout, reduce_sum: Callable[[Tensor], Tensor]) -> Rollout:
         if rollout.group_size < 2:
             raise ValueError(f"GRPO compares samples of the same prompt; got a rollout with {rollout.group_size} "
-                             f"response per prompt (samples_per_prompt = group_size ≥ 2)")
-        if rollout.kl_coef > 0 and not self._warned_kl_coef:
-            rank_zero_warn(f"GRPO puts the KL in the loss (beta={self.beta}) and uses the raw reward, but the Rollout "
-                           f"callback shapes rewards with kl_coef={rollout.kl_coef}: that only changes the logged "
-                           "reward/shaped; set trainer.callbacks[Rollout].init_args.kl_coef: 0 for GRPO")
-            self._warned_kl_coef = True
+                             f"response per prompt (group_size ≥ 2)")
         rewards = rollout.rewards.float()  # [N] raw r: GRPO's KL lives in the loss, not in the reward
         advantages = group_normalized_advantages(rewards, rollout.group_size, scale=self.scale_rewards,
                                                  eps=ADVANTAGE_EPS)  # [N]

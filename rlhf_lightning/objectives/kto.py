@@ -10,7 +10,7 @@ from torch import Tensor
 from rlhf_lightning.batches import SequenceBatch
 from rlhf_lightning.errors import RecipeError, raise_all
 from rlhf_lightning.logprobs import masked_mean, masked_sum
-from rlhf_lightning.objectives.base import Objective
+from rlhf_lightning.objectives.base import Needs, Objective
 
 
 class KTO(Objective):
@@ -51,8 +51,7 @@ class KTO(Objective):
             desirable examples outnumber undesirable ones).
     """
 
-    needs_rollout = False
-    needs_reference = True
+    needs = Needs(rollout=False, reference=True)
 
     def __init__(self, beta: float = 0.1, desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> None:
         super().__init__()
@@ -74,7 +73,7 @@ class KTO(Objective):
                              f"(KTO) data module")
         if batch.ref_logprobs is None:
             raise ValueError("KTO needs reference log-probs (batch.ref_logprobs); the module fills them when the "
-                             "objective declares needs_reference")
+                             "objective needs a reference")
         if "label" not in batch.extras:
             raise ValueError("KTO needs a desirable/undesirable label per example (batch.extras['label'])")
         mask = batch.response_mask  # [N, R]

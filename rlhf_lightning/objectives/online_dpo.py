@@ -7,7 +7,7 @@ from torch import Tensor
 
 from rlhf_lightning.errors import raise_all
 from rlhf_lightning.logprobs import masked_sum
-from rlhf_lightning.objectives.base import Objective
+from rlhf_lightning.objectives.base import Needs, Objective
 from rlhf_lightning.pairwise import sigmoid_loss
 from rlhf_lightning.rollout import Rollout
 
@@ -33,7 +33,7 @@ class OnlineDPO(Objective):
         num_minibatches: optimizer steps per pass.
     """
 
-    samples_per_prompt = 2
+    needs = Needs(samples_per_prompt=2)
 
     def __init__(self, beta: float = 0.05, label_smoothing: float = 0.0, inner_epochs: int = 4,
                  num_minibatches: int = 1) -> None:
@@ -59,7 +59,7 @@ class OnlineDPO(Objective):
     def loss(self, logprobs: Tensor, rollout: Rollout) -> tuple[Tensor, dict[str, Tensor]]:
         if rollout.group_size != 2:
             raise ValueError(f"OnlineDPO compares pairs of responses to the same prompt; got a rollout with "
-                             f"{rollout.group_size} responses per prompt (set samples_per_prompt = 2)")
+                             f"{rollout.group_size} responses per prompt (declare needs = Needs(samples_per_prompt=2))")
         mask = rollout.response_mask  # [N, R]
         log_ratio = masked_sum(logprobs - rollout.old_logprobs, mask).view(-1, 2)  # [G, 2] ln π_θ − ln π_t
         rewards = rollout.shaped_rewards.view(-1, 2)  # [G, 2] r̃

@@ -7,8 +7,8 @@ from torch import Tensor
 
 from rlhf_lightning.batches import SequenceBatch
 from rlhf_lightning.errors import raise_all
-from rlhf_lightning.objectives.base import Objective
-from rlhf_lightning.objectives.dpo import number_problems, sequence_logprob, split_pairs
+from rlhf_lightning.objectives.base import Needs, Objective, number_problems
+from rlhf_lightning.objectives.dpo import sequence_logprob, split_pairs
 from rlhf_lightning.pairwise import sigmoid_loss
 
 # ln odds needs m = mean token log-prob < 0 (P < 1); a response the policy is certain of (m = 0,
@@ -61,8 +61,7 @@ class ORPO(Objective):
         lam: λ ≥ 0, the weight of the odds-ratio term (0 is SFT on the chosen responses).
     """
 
-    needs_rollout = False
-    needs_reference = False
+    needs = Needs(rollout=False, reference=False)
 
     def __init__(self, lam: float = 0.1) -> None:
         super().__init__()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 import torch
@@ -10,7 +11,7 @@ from torch import Tensor
 from rlhf_lightning.advantages import ReduceSum, gae, masked_whiten, per_token_rewards
 from rlhf_lightning.errors import RecipeError
 from rlhf_lightning.logprobs import kl_per_token, masked_mean
-from rlhf_lightning.objectives.base import Objective
+from rlhf_lightning.objectives.base import Needs, Objective
 from rlhf_lightning.policy_loss import clipped_surrogate, reduce_tokens
 from rlhf_lightning.rollout import Rollout
 
@@ -60,7 +61,7 @@ class PPO(Objective):
         num_minibatches: optimizer steps per pass.
     """
 
-    needs_critic = True
+    needs = Needs(critic=True)
 
     def __init__(self, clip_ratio: float = 0.2, value_clip: Optional[float] = 0.2, vf_coef: float = 0.1,
                  gamma: float = 1.0, lam: float = 0.95, whiten_advantages: bool = True, entropy_coef: float = 0.0,
@@ -91,12 +92,13 @@ class PPO(Objective):
         self.whiten_advantages = whiten_advantages
         self.entropy_coef = entropy_coef
         self.ptx_coef = ptx_coef
-        self.needs_entropy = entropy_coef > 0  # the module computes the policy's entropy only when it is used
+        # the module computes the policy's entropy only when it is used, and adds the LM loss only when weighted
+        self.needs = replace(self.needs, entropy=entropy_coef > 0, pretrain_coef=ptx_coef)
 
     def prepare(self, rollout: Rollout, reduce_sum: ReduceSum) -> Rollout:
         if rollout.values is None:
             raise ValueError("PPO needs the critic's values at rollout time (rollout.values); the Rollout callback "
-                             "records them when the objective declares needs_critic")
+                             "records them when the objective declares Needs(critic=True)")
         mask = rollout.response_mask  # [N, R]
         token_rewards = per_token_rewards(rollout.rewards, rollout.old_logprobs, rollout.ref_logprobs, mask,
                                           rollout.kl_coef)  # [N, R]

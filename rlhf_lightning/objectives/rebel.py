@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, Literal
 
 import torch
@@ -9,7 +10,7 @@ from torch import Tensor
 
 from rlhf_lightning.errors import raise_all
 from rlhf_lightning.logprobs import masked_sum
-from rlhf_lightning.objectives.base import Objective
+from rlhf_lightning.objectives.base import Needs, Objective
 from rlhf_lightning.rollout import Rollout
 
 PairSource = Literal["sampled", "best_worst", "dataset"]
@@ -42,7 +43,7 @@ class REBEL(Objective):
         num_minibatches: optimizer steps per pass.
     """
 
-    samples_per_prompt = 2
+    needs = Needs(samples_per_prompt=2)
 
     def __init__(self, eta: float = 1.0, pairs: PairSource = "sampled", num_samples: int = 2,
                  inner_epochs: int = 4, num_minibatches: int = 1) -> None:
@@ -63,9 +64,9 @@ class REBEL(Objective):
         self.pairs = pairs
         self.num_samples = num_samples
         # what the Rollout callback generates per prompt: samples of π_t, then data-set responses
-        self.samples_per_prompt = {"sampled": 2, "best_worst": num_samples, "dataset": 1}[pairs]
-        self.dataset_responses_per_prompt = 1 if pairs == "dataset" else 0
-        self.selects_rollout_rows = pairs == "best_worst"
+        self.needs = replace(self.needs, samples_per_prompt={"sampled": 2, "best_worst": num_samples, "dataset": 1}[pairs],
+                             dataset_responses_per_prompt=1 if pairs == "dataset" else 0,
+                             selects_rows=pairs == "best_worst")
 
     def prepare(self, rollout: Rollout, reduce_sum: Callable[[Tensor], Tensor]) -> Rollout:
         """With ``best_worst``: keep, for each prompt, the rows of highest and lowest ``r̃`` (in that order)."""
@@ -88,7 +89,7 @@ class REBEL(Objective):
     def loss(self, logprobs: Tensor, rollout: Rollout) -> tuple[Tensor, dict[str, Tensor]]:
         if rollout.group_size != 2:
             raise ValueError(f"REBEL regresses pairs of responses to the same prompt; got a rollout with "
-                             f"{rollout.group_size} responses per prompt (set samples_per_prompt = 2)")
+                             f"{rollout.group_size} responses per prompt (declare needs = Needs(samples_per_prompt=2))")
         mask = rollout.response_mask  # [N, R]
         log_ratio = masked_sum(logprobs - rollout.old_logprobs, mask)  # [N] ln π_θ(y|x) − ln π_t(y|x)
         pairs = log_ratio.view(-1, 2)  # [G, 2] (y, y′) of each prompt

@@ -9,8 +9,8 @@ from torch import Tensor
 
 from rlhf_lightning.advantages import masked_whiten
 from rlhf_lightning.errors import RecipeError
-from rlhf_lightning.logprobs import masked_sum
-from rlhf_lightning.objectives.base import Objective
+from rlhf_lightning.objectives.base import Needs, Objective
+from rlhf_lightning.policy_loss import advantage_weighted_loss
 from rlhf_lightning.rollout import Rollout
 
 
@@ -39,7 +39,7 @@ class REINFORCE(Objective):
         num_minibatches: optimizer steps per pass.
     """
 
-    samples_per_prompt = 1
+    needs = Needs(samples_per_prompt=1)
 
     def __init__(self, baseline_decay: float = 0.9, whiten_advantages: bool = False, inner_epochs: int = 1,
                  num_minibatches: int = 1) -> None:
@@ -79,19 +79,3 @@ class REINFORCE(Objective):
     def loss(self, logprobs: Tensor, rollout: Rollout) -> tuple[Tensor, dict[str, Tensor]]:
         return advantage_weighted_loss(logprobs, rollout, type(self).__name__, "reinforce")
 
-
-def advantage_weighted_loss(logprobs: Tensor, rollout: Rollout, name: str,
-                            namespace: str) -> tuple[Tensor, dict[str, Tensor]]:
-    """``L = −mean_i[A_i · ln π_θ(y_i|x)]`` with the advantages ``prepare`` stored (REINFORCE, RLOO)."""
-    advantages = prepared_advantages(rollout, name)  # [N]
-    sequence_logprobs = masked_sum(logprobs, rollout.response_mask)  # [N] ln π_θ(y|x)
-    loss = -(advantages * sequence_logprobs).mean()
-    return loss, {"loss/policy": loss.detach(), f"{namespace}/logprob": sequence_logprobs.detach().mean()}
-
-
-def prepared_advantages(rollout: Rollout, name: str) -> Tensor:
-    """The ``[N]`` advantages that an objective's ``prepare`` stored in ``rollout.extras`` (detached)."""
-    if "advantages" not in rollout.extras:
-        raise RuntimeError(f"{name}.loss needs the advantages that {name}.prepare(rollout, reduce_sum) puts in "
-                           "rollout.extras; call prepare once per rollout batch first (RLHFModule does)")
-    return rollout.extras["advantages"].detach()

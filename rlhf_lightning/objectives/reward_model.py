@@ -10,7 +10,7 @@ from torchmetrics.functional.classification import binary_accuracy
 
 from rlhf_lightning.batches import SequenceBatch
 from rlhf_lightning.errors import RecipeError, raise_all
-from rlhf_lightning.objectives.base import Objective
+from rlhf_lightning.objectives.base import Needs, Objective
 from rlhf_lightning.pairwise import sigmoid_loss
 
 
@@ -43,9 +43,7 @@ class BradleyTerry(Objective):
             (TRL suggests 0.01 when it is used).
     """
 
-    needs_rollout = False
-    needs_reference = False
-    policy_head = "scalar"
+    needs = Needs(rollout=False, reference=False, head="scalar")
     summary_metrics = {"rm/accuracy": "rm_accuracy"}
 
     def __init__(self, margin: bool = False, center_coef: float = 0.0) -> None:
@@ -68,7 +66,7 @@ class BradleyTerry(Objective):
                              f"row), got groups of {batch.group_size} rows; use a preference data module")
         if "scores" not in outputs:
             raise ValueError("BradleyTerry needs the reward head's scores (loss(..., scores=[N])); the module passes "
-                             "them when the objective's policy_head is 'scalar'")
+                             "them when the objective declares Needs(head='scalar')")
         rewards = outputs["scores"].float().view(-1, 2)  # [G, 2] chosen, rejected
         chosen, rejected = rewards[:, 0], rewards[:, 1]  # [G]
         difference = chosen - rejected  # [G] r_w − r_l

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 from torch import Tensor
 
 from rlhf_lightning.advantages import leave_one_out_advantages
 from rlhf_lightning.errors import RecipeError
-from rlhf_lightning.objectives.base import Objective
-from rlhf_lightning.objectives.reinforce import advantage_weighted_loss
+from rlhf_lightning.objectives.base import Needs, Objective
+from rlhf_lightning.policy_loss import advantage_weighted_loss
 from rlhf_lightning.rollout import Rollout
 
 
@@ -32,7 +33,7 @@ class RLOO(Objective):
         num_minibatches: optimizer steps per pass.
     """
 
-    samples_per_prompt = 2  # replaced by ``k`` on each instance
+    needs = Needs(samples_per_prompt=2)  # samples_per_prompt is replaced by ``k`` on each instance
 
     def __init__(self, k: int = 2, inner_epochs: int = 1, num_minibatches: int = 1) -> None:
         errors: list[RecipeError] = []
@@ -41,7 +42,7 @@ class RLOO(Objective):
                                                 f"the same prompt), got {k}", "set k to 2 or 4, as in the paper"))
         super().__init__(inner_epochs=inner_epochs, num_minibatches=num_minibatches, problems=errors)
         self.k = k
-        self.samples_per_prompt = k
+        self.needs = replace(self.needs, samples_per_prompt=k)
 
     def prepare(self, rollout: Rollout, reduce_sum: Callable[[Tensor], Tensor]) -> Rollout:
         advantages = leave_one_out_advantages(rollout.shaped_rewards.float(), rollout.group_size)  # [N]

@@ -6,7 +6,7 @@ from torch import Tensor
 
 from rlhf_lightning.batches import GroupedRows, SequenceBatch
 from rlhf_lightning.logprobs import masked_mean
-from rlhf_lightning.objectives.base import Objective
+from rlhf_lightning.objectives.base import Needs, Objective
 
 
 class SFT(Objective):
@@ -34,8 +34,7 @@ class SFT(Objective):
     No arguments: the batch size, learning rate and schedule are the module's and the trainer's.
     """
 
-    needs_rollout = False
-    needs_reference = False
+    needs = Needs(rollout=False, reference=False)
 
     def __init__(self) -> None:
         super().__init__()

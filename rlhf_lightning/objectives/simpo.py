@@ -5,7 +5,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from rlhf_lightning.errors import raise_all
-from rlhf_lightning.objectives.dpo import DPO, number_problems
+from rlhf_lightning.objectives.base import number_problems
+from rlhf_lightning.objectives.dpo import DPO
 from rlhf_lightning.pairwise import sigmoid_loss
 
 

@@ -6,7 +6,8 @@ from torch import Tensor
 
 from rlhf_lightning.batches import SequenceBatch
 from rlhf_lightning.errors import raise_all
-from rlhf_lightning.objectives.dpo import DPO, flag_problems, number_problems, sequence_logprob, split_pairs
+from rlhf_lightning.objectives.base import flag_problems, number_problems
+from rlhf_lightning.objectives.dpo import DPO, sequence_logprob, split_pairs
 from rlhf_lightning.pairwise import hinge_loss
 
 

@@ -158,8 +158,8 @@ def test_padding_and_reference_garbage_do_not_matter(options):
 
 
 def test_reference_free_needs_no_reference():
-    assert DPO().needs_reference and not DPO(reference_free=True).needs_reference
-    assert DPO.needs_rollout is False
+    assert DPO().needs.reference and not DPO(reference_free=True).needs.reference
+    assert DPO.needs.rollout is False
     lp = policy_tensor()
     loss, _ = DPO(beta=0.5, reference_free=True).loss(lp, make_batch(with_ref=False))
     assert loss.item() == pytest.approx(hand_dpo_loss(0.5, reference_free=True))

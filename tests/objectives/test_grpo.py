@@ -10,7 +10,6 @@
 
 import math
 import statistics
-import warnings
 
 import pytest
 import torch
@@ -281,14 +280,9 @@ def test_metrics_are_detached_finite_scalars():
                                                          rel=1e-5)
 
 
-def test_warns_once_when_rewards_were_kl_shaped():
-    objective = GRPO(group_size=G)
-    with pytest.warns(UserWarning, match="kl_coef"):
-        objective.prepare(make_rollout(kl_coef=0.05), identity)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        objective.prepare(make_rollout(kl_coef=0.05), identity)  # once only
-        GRPO(group_size=G).prepare(make_rollout(kl_coef=0.0), identity)  # kl_coef 0: nothing to say
+def test_declares_the_kl_in_its_loss_so_the_rollout_must_not_shape_rewards():
+    # the Rollout callback refuses a non-zero γ for it before training (tests/test_rollout_config.py)
+    assert GRPO.needs.kl_in_reward is False and GRPO(group_size=8).needs.kl_in_reward is False
 
 
 def test_rollout_without_groups_is_refused():
@@ -302,10 +296,10 @@ def test_rollout_without_groups_is_refused():
 
 def test_declares_groups_and_defaults():
     objective = GRPO()
-    assert objective.samples_per_prompt == 4 and GRPO(group_size=8).samples_per_prompt == 8
+    assert objective.needs.samples_per_prompt == 4 and GRPO(group_size=8).needs.samples_per_prompt == 8
     assert (objective.clip_ratio, objective.beta, objective.kl_estimator, objective.scale_rewards,
             objective.loss_reduction, objective.constant_length) == (0.2, 0.04, "k3", True, "sequence_mean", None)
-    assert objective.needs_reference and not objective.needs_critic
+    assert objective.needs.reference and not objective.needs.critic
 
 
 @pytest.mark.parametrize("kwargs, key", [

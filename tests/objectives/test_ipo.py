@@ -35,7 +35,7 @@ def test_known_numbers_and_that_ipo_is_a_dpo():
     # τ = 0.5: target 1; margins 2.0, 0.5, −1.2 → (1 + 0.25 + 4.84)/3
     loss, _ = IPO(tau=0.5).loss(policy_tensor(), make_batch())
     assert loss.item() == pytest.approx((1.0 + 0.25 + 4.84) / 3)
-    assert isinstance(IPO(), DPO) and IPO().needs_reference and not IPO(reference_free=True).needs_reference
+    assert isinstance(IPO(), DPO) and IPO().needs.reference and not IPO(reference_free=True).needs.reference
     # π_θ = π_ref: h = 0, loss (1/(2τ))²
     assert IPO(tau=0.1).loss(policy_tensor(REF), make_batch())[0].item() == pytest.approx(25.0)
 

@@ -200,7 +200,7 @@ def test_micro_batches_use_their_own_z0():
 def test_defaults_and_declarations():
     objective = KTO()
     assert (objective.beta, objective.desirable_weight, objective.undesirable_weight) == (0.1, 1.0, 1.0)
-    assert KTO.needs_rollout is False and KTO.needs_reference is True and KTO.policy_head == "causal_lm"
+    assert KTO.needs.rollout is False and KTO.needs.reference is True and KTO.needs.head == "causal_lm"
 
 
 def test_bad_args_are_all_reported():

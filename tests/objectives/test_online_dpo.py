@@ -148,7 +148,7 @@ def test_metrics():
 
 def test_defaults_and_validation():
     objective = OnlineDPO()
-    assert OnlineDPO.samples_per_prompt == 2
+    assert OnlineDPO.needs.samples_per_prompt == 2
     assert (objective.beta, objective.label_smoothing, objective.inner_epochs, objective.num_minibatches) == (
         0.05, 0.0, 4, 1)
     with pytest.raises(RecipeError, match="beta"):

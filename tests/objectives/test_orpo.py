@@ -59,7 +59,7 @@ def test_sft_term_is_a_per_token_mean_of_each_chosen_response():
 
 def test_needs_no_reference_and_ignores_one_and_garbage():
     objective = ORPO()
-    assert not objective.needs_reference and objective.needs_rollout is False
+    assert not objective.needs.reference and objective.needs.rollout is False
     base = objective.loss(policy_tensor(), make_batch(with_ref=False))[0].item()
     for garbage in (float("nan"), float("inf"), 0.0):
         lp = policy_tensor(garbage=garbage)

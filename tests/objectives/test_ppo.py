@@ -260,7 +260,7 @@ def test_loss_fixtures_cover_every_branch():
 def test_loss_matches_hand_formula(vf_coef, entropy_coef):
     lp, values, entropy, rollout = loss_inputs()
     objective = PPO(clip_ratio=EPS, value_clip=VCLIP, vf_coef=vf_coef, entropy_coef=entropy_coef)
-    outputs = {"values": values, **({"entropy": entropy} if objective.needs_entropy else {})}
+    outputs = {"values": values, **({"entropy": entropy} if objective.needs.entropy else {})}
     loss, metrics = objective.loss(lp, rollout, **outputs)
     n = len(tokens())
     policy_terms, policy_clipped = hand_policy_terms()
@@ -282,7 +282,7 @@ def test_loss_matches_hand_formula(vf_coef, entropy_coef):
     explained = 1 - statistics.pvariance([r - v for r, v in zip(returns, new_values)]) / statistics.pvariance(returns)
     assert float(metrics["value/explained_variance"]) == pytest.approx(explained, rel=1e-5)
     assert float(metrics["value/mean"]) == pytest.approx(statistics.mean(new_values), rel=1e-5)
-    if objective.needs_entropy:
+    if objective.needs.entropy:
         assert float(metrics["loss/entropy"]) == pytest.approx(mean_entropy, rel=1e-5)
     else:
         assert "loss/entropy" not in metrics
@@ -358,10 +358,10 @@ def test_descent_step_at_pi_t_raises_logprob_of_positive_advantage_tokens():
 
 # ---------------------------------------------------------------------------- configuration
 def test_declares_critic_and_entropy_only_when_used():
-    assert PPO.needs_critic and PPO().needs_critic
-    assert PPO.samples_per_prompt == 1
-    assert PPO().needs_entropy is False
-    assert PPO(entropy_coef=0.01).needs_entropy is True
+    assert PPO.needs.critic and PPO().needs.critic
+    assert PPO.needs.samples_per_prompt == 1
+    assert PPO().needs.entropy is False
+    assert PPO(entropy_coef=0.01).needs.entropy is True
     defaults = PPO()
     settings = (defaults.clip_ratio, defaults.value_clip, defaults.vf_coef, defaults.gamma, defaults.lam)
     assert settings == (0.2, 0.2, 0.1, 1.0, 0.95)

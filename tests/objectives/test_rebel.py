@@ -186,7 +186,7 @@ def test_rebel_metrics_are_finite_detached_scalars_with_expected_values():
 
 
 def test_rebel_declares_pairs_and_validates_eta():
-    assert REBEL.samples_per_prompt == 2
+    assert REBEL.needs.samples_per_prompt == 2
     assert REBEL().eta == 1.0 and REBEL().inner_epochs == 4
     for bad in (0.0, -1.0):
         with pytest.raises(RecipeError, match="eta"):

@@ -33,8 +33,8 @@ def make_rollout(shaped, group_size, response_width=3) -> Rollout:
 # ---------------------------------------------------------------------------- configuration
 def test_sampled_is_the_default_and_unchanged():
     objective = REBEL()
-    assert (objective.pairs, objective.num_samples, objective.samples_per_prompt) == ("sampled", 2, 2)
-    assert objective.dataset_responses_per_prompt == 0
+    assert (objective.pairs, objective.num_samples, objective.needs.samples_per_prompt) == ("sampled", 2, 2)
+    assert objective.needs.dataset_responses_per_prompt == 0
     rollout = make_rollout([0.1, 0.2, 0.3, 0.4], group_size=2)
     assert objective.prepare(rollout, identity) is rollout
 
@@ -42,13 +42,13 @@ def test_sampled_is_the_default_and_unchanged():
 @pytest.mark.parametrize("n", [2, 4, 5])
 def test_best_worst_generates_num_samples_per_prompt(n):
     objective = REBEL(pairs="best_worst", num_samples=n)
-    assert objective.samples_per_prompt == n and objective.dataset_responses_per_prompt == 0
-    assert REBEL.samples_per_prompt == 2  # an instance setting, not a change to the class
+    assert objective.needs.samples_per_prompt == n and objective.needs.dataset_responses_per_prompt == 0
+    assert REBEL.needs.samples_per_prompt == 2  # an instance setting, not a change to the class
 
 
 def test_dataset_pairs_one_sample_with_one_dataset_response():
     objective = REBEL(pairs="dataset")
-    assert objective.samples_per_prompt == 1 and objective.dataset_responses_per_prompt == 1
+    assert objective.needs.samples_per_prompt == 1 and objective.needs.dataset_responses_per_prompt == 1
     rollout = make_rollout([0.3, 0.9, -0.2, 0.1], group_size=2)  # (sample, data-set response) per prompt
     assert objective.prepare(rollout, identity) is rollout
     lp = torch.zeros(4, 3, requires_grad=True)

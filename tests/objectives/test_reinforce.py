@@ -173,7 +173,7 @@ def test_loss_without_prepare_says_what_to_do():
 
 
 def test_declares_one_sample_and_validates_arguments():
-    assert REINFORCE.samples_per_prompt == 1 and REINFORCE().samples_per_prompt == 1
+    assert REINFORCE.needs.samples_per_prompt == 1 and REINFORCE().needs.samples_per_prompt == 1
     objective = REINFORCE()
     assert objective.baseline_decay == 0.9 and objective.inner_epochs == 1 and not objective.whiten_advantages
     for bad in (1.0, -0.1, 2.0):

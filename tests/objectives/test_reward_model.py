@@ -137,8 +137,8 @@ def test_accuracy_is_the_share_of_strict_wins(scores, expected):
 
 
 def test_declares_a_scalar_head_without_reference_and_a_summary_metric():
-    assert BradleyTerry.policy_head == "scalar"
-    assert BradleyTerry.needs_rollout is False and BradleyTerry.needs_reference is False
+    assert BradleyTerry.needs.head == "scalar"
+    assert BradleyTerry.needs.rollout is False and BradleyTerry.needs.reference is False
     assert BradleyTerry.summary_metrics == {"rm/accuracy": "rm_accuracy"}
     objective = BradleyTerry()
     assert (objective.margin, objective.center_coef) == (False, 0.0)

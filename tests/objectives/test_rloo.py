@@ -71,7 +71,7 @@ def test_k2_advantage_is_plus_minus_the_reward_difference():
 
 def test_k4_leave_one_out_baseline():
     objective = RLOO(k=4)
-    assert objective.samples_per_prompt == 4
+    assert objective.needs.samples_per_prompt == 4
     rollout = objective.prepare(make_rollout(group_size=4), identity)
     advantages = hand_advantages(SHAPED, 4)
     assert advantages[0] == pytest.approx(0.8 - (-0.3 + 0.1 + 0.6) / 3)
@@ -140,6 +140,6 @@ def test_k_below_two_is_a_recipe_error_naming_k(k):
 
 
 def test_samples_per_prompt_follows_k_per_instance():
-    assert RLOO().samples_per_prompt == 2 and RLOO(k=4).samples_per_prompt == 4
-    assert RLOO(k=3).samples_per_prompt == 3 and RLOO().samples_per_prompt == 2  # no leak between instances
+    assert RLOO().needs.samples_per_prompt == 2 and RLOO(k=4).needs.samples_per_prompt == 4
+    assert RLOO(k=3).needs.samples_per_prompt == 3 and RLOO().needs.samples_per_prompt == 2  # no leak between instances
     assert RLOO().inner_epochs == 1 and RLOO().num_minibatches == 1

@@ -109,7 +109,7 @@ def test_chunk_weight_without_tokens_falls_back_to_rows():
 def test_declares_an_offline_reference_free_objective():
     objective = SFT()
     assert isinstance(objective, Objective)
-    assert SFT.needs_rollout is False and SFT.needs_reference is False and SFT.policy_head == "causal_lm"
+    assert SFT.needs.rollout is False and SFT.needs.reference is False and SFT.needs.head == "causal_lm"
 
 
 def test_rejects_grouped_batches():

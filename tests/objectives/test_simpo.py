@@ -57,7 +57,7 @@ def test_gamma_is_in_reward_units():
 
 def test_needs_no_reference_and_ignores_one():
     objective = SimPO()
-    assert not objective.needs_reference and objective.needs_rollout is False
+    assert not objective.needs.reference and objective.needs.rollout is False
     assert objective.length_normalized and objective.reference_free
     without, _ = objective.loss(policy_tensor(), make_batch(with_ref=False))
     with_ref, _ = objective.loss(policy_tensor(), make_batch())

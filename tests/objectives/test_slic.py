@@ -39,7 +39,7 @@ def test_known_numbers():
     loss, metrics = SLiC(beta=0.75).loss(policy_tensor(), make_batch())
     assert loss.item() == pytest.approx((0.0 + 0.625 + 1.9) / 3)
     assert "slic/hinge" not in metrics and float(metrics["loss/slic"]) == pytest.approx(loss.item())
-    assert isinstance(SLiC(), DPO) and not SLiC(reference_free=True).needs_reference
+    assert isinstance(SLiC(), DPO) and not SLiC(reference_free=True).needs.reference
 
 
 @pytest.mark.parametrize("options", OPTIONS)

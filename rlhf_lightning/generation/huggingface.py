@@ -1,0 +1,116 @@
+"""``HFGenerator``: Hugging Face ``generate`` on the policy itself, with only the recipe's sampling."""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from rlhf_lightning.generation.base import Generation, Generator, SamplingParams
+from rlhf_lightning.generation.eos import base_model
+from rlhf_lightning.generation.masks import response_attention_mask
+
+# generation-config settings that change the sampling distribution, with the value that leaves it alone
+DISTRIBUTION_SETTINGS = {
+    "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None, "min_p": None, "top_h": None, "typical_p": 1.0,
+    "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "forced_bos_token_id": None, "forced_eos_token_id": None,
+    "suppress_tokens": None, "begin_suppress_tokens": None, "sequence_bias": None,
+    "exponential_decay_length_penalty": None, "guidance_scale": 1.0, "watermarking_config": None,
+    "min_length": 0, "min_new_tokens": 0, "renormalize_logits": False, "num_beams": 1, "diversity_penalty": 0.0,
+    "penalty_alpha": None, "dola_layers": None, "low_memory": None,
+}
+REPLACED_SETTINGS = ("temperature", "top_k", "top_p")  # the recipe's values are used instead
+
+
+def dropped_settings(generation_config) -> dict[str, object]:
+    """The checkpoint's generation-config settings that would change what is sampled, by name."""
+    if generation_config is None:
+        return {}
+    dropped = {}
+    for name, neutral in DISTRIBUTION_SETTINGS.items():
+        value = getattr(generation_config, name, None)
+        if value is not None and value != neutral and value not in ([], {}):
+            dropped[name] = value
+    return dropped
+
+
+class HFGenerator(Generator):
+    """Generation with ``model.generate`` on the policy (or the reference) in this process.
+
+    The checkpoint's ``generation_config.json`` is not used for sampling: during each call the model's
+    generation config is replaced by one that holds only the recipe's :class:`SamplingParams`, the EOS
+    set and the pad token, so tokens are drawn from ``softmax(logits / T)`` cut only by top-k / top-p.
+    What the checkpoint would have added (repetition penalty, n-gram blocking, bad words, min-p, forced
+    or suppressed tokens, ...) is named in one warning when the engine is set up.
+
+    Args:
+        record_sampler_logprobs: also return the sampler's own ``ln p`` of each sampled token
+            (:attr:`Generation.sampler_logprobs`, from the processed scores; costs ``[N, R, V]`` memory):
+            for checking that the sampler is the policy, never used for training.
+    """
+
+    def __init__(self, record_sampler_logprobs: bool = False) -> None:
+        self.record_sampler_logprobs = record_sampler_logprobs
+
+    def setup(self, tokenizer, policy: nn.Module) -> None:
+        super().setup(tokenizer, policy)
+        config = getattr(base_model(policy), "generation_config", None)
+        dropped = dropped_settings(config)
+        replaced = {name: getattr(config, name, None) for name in REPLACED_SETTINGS}
+        replaced = {name: value for name, value in replaced.items() if value is not None and config is not None}
+        if dropped:
+            named = ", ".join(f"{key}={value!r}" for key, value in dropped.items())
+            also = ", ".join(f"{key}={value!r}" for key, value in replaced.items())
+            warnings.warn(f"the checkpoint's generation config is not used for sampling: dropped {named}"
+                          + (f" (and the recipe's sampling replaces {also})" if also else "")
+                          + "; rollouts and evaluation sample from softmax(logits / temperature) cut only by the "
+                          "recipe's top_k / top_p, so that the policy's log-probs describe the sampler", stacklevel=2)
+
+    def generation_config(self, params: SamplingParams):
+        """A fresh ``GenerationConfig`` with only ``params``, the EOS set and the pad token."""
+        from transformers import GenerationConfig
+
+        sampling = (dict(do_sample=False) if params.greedy else
+                    dict(do_sample=True, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p))
+        return GenerationConfig(max_new_tokens=params.max_new_tokens, min_new_tokens=params.min_new_tokens,
+                                eos_token_id=list(self.eos_ids), pad_token_id=self.pad_token_id, **sampling)
+
+    @contextmanager
+    def _only(self, model: nn.Module, config) -> Iterator[None]:
+        """Within the block, ``model``'s generation config is ``config`` (so nothing of the checkpoint's is merged in)."""
+        target = base_model(model)
+        saved = target.generation_config
+        target.generation_config = config
+        try:
+            yield
+        finally:
+            target.generation_config = saved
+
+    @torch.no_grad()
+    def generate(self, model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
+                 params: SamplingParams) -> Generation:
+        if not self.eos_ids:
+            raise RuntimeError("HFGenerator.setup(tokenizer, policy) must run before generate (RLHFModule does)")
+        config = self.generation_config(params)
+        was_training = model.training
+        model.eval()
+        try:
+            with self._only(model, config):
+                out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
+                                     output_scores=self.record_sampler_logprobs,
+                                     return_dict_in_generate=self.record_sampler_logprobs)
+        finally:
+            model.train(was_training)
+        sequences = out.sequences if self.record_sampler_logprobs else out
+        responses = sequences[:, input_ids.shape[1]:]
+        mask, ended = response_attention_mask(responses, self.eos_ids, self.pad_token_id)
+        responses = responses.masked_fill(mask == 0, self.pad_token_id)
+        sampler_logprobs = None
+        if self.record_sampler_logprobs:
+            scores = torch.stack(out.scores, 1).float().log_softmax(-1)  # [N, R, V] after every processor
+            sampler_logprobs = scores.gather(-1, responses.unsqueeze(-1)).squeeze(-1) * mask
+        return Generation(responses=responses, response_mask=mask, ended=ended, sampler_logprobs=sampler_logprobs)
