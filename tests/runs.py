@@ -8,6 +8,7 @@ from typing import Sequence
 from lightning.pytorch import Callback
 
 from rlhf_lightning.cli import RLHFCLI
+from rlhf_lightning.generation import HFGenerator
 
 
 REBEL_ARGS = ("--model.objective", "rlhf_lightning.REBEL", "--model.objective.inner_epochs", "2")
@@ -43,6 +44,13 @@ def tiny_run_args(model_dir: Path, data: dict, root: Path, *, batches: int = 8, 
     ]
 
 
+def without_evaluation(args: Sequence[str]) -> list[str]:
+    """``tiny_run_args`` without its WinRateEvaluation callback (its flag and its one option)."""
+    args = list(args)
+    at = args.index("--trainer.callbacks+=rlhf_lightning.callbacks.WinRateEvaluation")
+    return args[:at] + args[at + 3:]
+
+
 def run_cli(args: Sequence[str]) -> RLHFCLI:
     return RLHFCLI(args=list(args))
 
@@ -68,3 +76,17 @@ class RecordRollouts(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.rollouts.append(outputs["rollout"])
+
+
+class RecordingGenerator(HFGenerator):
+    """The Hugging Face engine, keeping every :class:`~rlhf_lightning.generation.Generation` it returns
+    with the sampler's own log-probs (for fidelity checks)."""
+
+    def __init__(self) -> None:
+        super().__init__(record_sampler_logprobs=True)
+        self.generations = []
+
+    def generate(self, model, input_ids, attention_mask, params):
+        generation = super().generate(model, input_ids, attention_mask, params)
+        self.generations.append(generation)
+        return generation

@@ -15,7 +15,7 @@ from rlhf_lightning import RLHFModule
 from rlhf_lightning.models import ModelConfig
 from rlhf_lightning.objectives import GRPO, PPO, REBEL, RLOO
 from rlhf_lightning.rollout import Rollout, Samples
-from runs import RecordRollouts, fit_with_callbacks, tiny_run_args
+from runs import RecordRollouts, fit_with_callbacks, tiny_run_args, without_evaluation
 
 
 class EntropyBonusRLOO(RLOO):
@@ -40,14 +40,8 @@ OBJECTIVES = {
 COMPARED = ("reward/raw", "reward/shaped", "kl/ref", "gen/entropy", "gen/length", "gen/eos_share")
 
 
-def _without_evaluation(args: list[str]) -> list[str]:
-    """``tiny_run_args`` without its WinRateEvaluation callback (its flag and its one option)."""
-    at = args.index("--trainer.callbacks+=rlhf_lightning.callbacks.WinRateEvaluation")
-    return args[:at] + args[at + 3:]
-
-
 def _train(tiny_model, tiny_data, root, objective, from_update: bool):
-    args = _without_evaluation(tiny_run_args(tiny_model, tiny_data, root, batches=3, objective=objective,
+    args = without_evaluation(tiny_run_args(tiny_model, tiny_data, root, batches=3, objective=objective,
                                              extra=["--model.old_logprobs_from_update", str(from_update).lower(),
                                                     "--rollout.temperature", "0.7"]))
     recorder = RecordRollouts()
@@ -117,7 +111,7 @@ def test_with_policy_logprobs_shapes_rewards_and_sets_metrics_by_hand():
 def test_step_metrics_reach_loggers_progress_bar_and_checkpoint_monitor(tiny_model, tiny_data, tmp_path):
     """Rows at Lightning's steps under log_every_n_steps, values in callback/logged/progress-bar metrics,
     and a ModelCheckpoint that monitors a per-step metric."""
-    args = _without_evaluation(tiny_run_args(tiny_model, tiny_data, tmp_path, batches=4, objective=OBJECTIVES["rloo"]))
+    args = without_evaluation(tiny_run_args(tiny_model, tiny_data, tmp_path, batches=4, objective=OBJECTIVES["rloo"]))
     args[args.index("--trainer.log_every_n_steps") + 1] = "3"
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "best", monitor="reward/raw", mode="max", save_top_k=1,
                                  every_n_train_steps=1)

@@ -72,3 +72,36 @@ def answer_reward(prompts: list[str], responses: list[str], answer: list[str]) -
     """A verifiable reward: 1 when the response's first word is the row's ``answer`` column, else 0."""
     return [float(bool(response.split()) and response.split()[0] == expected)
             for response, expected in zip(responses, answer)]
+
+
+def with_generation_config(model_dir: Path, target: Path, **settings) -> Path:
+    """A copy of ``model_dir`` whose ``generation_config.json`` holds ``settings`` (e.g. a Qwen-Instruct-style
+    ``repetition_penalty`` or a Llama-3-style list of ``eos_token_id``), as a checkpoint would ship it."""
+    import shutil
+
+    from transformers import GenerationConfig
+
+    shutil.copytree(model_dir, target, dirs_exist_ok=True)
+    GenerationConfig(**settings).save_pretrained(target)
+    return target
+
+
+def make_chat_tokenizer(end_of_turn: str = "<|im_end|>", bos: str | None = "<s>"):
+    """A word-level tokenizer with a chat template in the style of a model family: ChatML (``<|im_end|>``),
+    Gemma (``<end_of_turn>``) or Llama-3 (``<|eot_id|>``) ends each turn; ``bos`` is prepended to encodings."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = SPECIALS + ([bos] if bos else []) + ["<turn>", end_of_turn, "user", "assistant"]
+    vocab = {token: i for i, token in enumerate(specials + WORDS)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if bos:
+        core.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, vocab[bos])])
+    template = ("{{ bos_token }}{% for m in messages %}<turn> {{ m['role'] }} {{ m['content'] }} " + end_of_turn +
+                " {% endfor %}{% if add_generation_prompt %}<turn> assistant {% endif %}")
+    kwargs = dict(tokenizer_object=core, eos_token="<eos>", unk_token="<unk>", pad_token="<pad>", model_max_length=64,
+                  chat_template=template)
+    if bos:
+        kwargs["bos_token"] = bos
+    return PreTrainedTokenizerFast(**kwargs)
