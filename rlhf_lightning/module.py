@@ -125,14 +125,10 @@ class RLHFModule(LightningModule):
         self.objective = objective
         self.reward = as_reward_source(reward)
         self.generator: Generator = HFGenerator()  # the Rollout callback hands over the recipe's engine
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.lr_schedule = lr_schedule
-        self.warmup_steps = warmup_steps
-        self.max_grad_norm = max_grad_norm
+        self.lr, self.weight_decay, self.max_grad_norm = lr, weight_decay, max_grad_norm
+        self.lr_schedule, self.warmup_steps = lr_schedule, warmup_steps
         self.micro_batch_size = micro_batch_size
-        self.precompute_reference = precompute_reference
-        self.old_logprobs_from_update = old_logprobs_from_update
+        self.precompute_reference, self.old_logprobs_from_update = precompute_reference, old_logprobs_from_update
         self._reference_cache: Optional[ReferenceCache] = None
         self.policy: Optional[nn.Module] = None
         self.reference: Optional[nn.Module] = None

@@ -207,10 +207,8 @@ class _OneLogitClassifier:
     truncation_side = "right"
 
     def __init__(self, path: str, batch_size: int, max_length: int, trust_remote_code: bool) -> None:
-        self.path = path
-        self.batch_size = batch_size
-        self.max_length = max_length
-        self.trust_remote_code = trust_remote_code
+        self.path, self.trust_remote_code = path, trust_remote_code
+        self.batch_size, self.max_length = batch_size, max_length
         self._model = None
         self._tokenizer = None
 
@@ -264,7 +262,7 @@ class RewardModel(_OneLogitClassifier, RewardSource):
         """Encoded exactly as reward-model training encodes pairs (prompt tokens, response tokens, EOS;
         see :mod:`rlhf_lightning.data.encoding`), scored at the last real token."""
         from rlhf_lightning.critic import sequence_scores
-        from rlhf_lightning.data.encoding import encode_prompt, encode_response
+        from rlhf_lightning.data.encoding import encode_prompt, encode_response, pad_rows
 
         if self._model is None:
             self.setup(torch.device("cpu"))
@@ -273,13 +271,7 @@ class RewardModel(_OneLogitClassifier, RewardSource):
                 for p, r in zip(prompts, responses)]
         out = [torch.zeros(0)]
         for start in range(0, len(rows), self.batch_size):
-            chunk = rows[start:start + self.batch_size]
-            width = max(len(ids) for ids in chunk)
-            ids = torch.full((len(chunk), width), self._tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for i, row in enumerate(chunk):
-                ids[i, :len(row)] = torch.tensor(row)
-                mask[i, :len(row)] = 1
+            ids, mask = pad_rows(rows[start:start + self.batch_size], self._tokenizer.pad_token_id, "right")
             out.append(sequence_scores(self._model, ids.to(device), mask.to(device), 0).float().cpu())
         return torch.cat(out)
 

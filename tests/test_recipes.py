@@ -89,3 +89,8 @@ def test_recipe_parses(recipe, form, capsys, monkeypatch):
     assert objective in out
     printed = yaml.safe_load(out)
     assert printed["model"]["init_args"]["objective"]["class_path"] == objective
+    # the rollout lives at its own key; trainer.callbacks holds the rest (a Rollout there is refused at run time)
+    assert printed["rollout"]["class_path"].startswith("rlhf_lightning.callbacks")
+    assert not any("Rollout" in str(c.get("class_path")) for c in printed["trainer"].get("callbacks") or [])
+    if objective.endswith("GRPO"):  # its KL is in the loss: the recipe must not shape the reward as well
+        assert printed["rollout"]["init_args"]["kl_coef"] == 0

@@ -24,11 +24,11 @@ def make_tokenizer(with_pad: bool = True):
     return PreTrainedTokenizerFast(**kwargs)
 
 
-def make_model_dir(path: Path, seed: int = 0, with_pad: bool = True) -> Path:
-    """A random-init 2-layer Llama with a word-level tokenizer, written with save_pretrained."""
+def make_model_dir(path: Path, seed: int = 0, with_pad: bool = True, tokenizer=None) -> Path:
+    """A random-init 2-layer Llama with a word-level tokenizer (or the given one), written with save_pretrained."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = make_tokenizer(with_pad)
+    tokenizer = tokenizer if tokenizer is not None else make_tokenizer(with_pad)
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,

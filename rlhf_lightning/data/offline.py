@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from rlhf_lightning.batches import SequenceBatch
 from rlhf_lightning.data.base import BadRows, OnBadRow, Records, ResumableTrainLoader, run_seed
 from rlhf_lightning.data.encoding import (collate_prompt_rows, encode_prompt, encode_response, other_columns,
-                                          pad_prompt_response, response_text)
+                                          pad_prompt_response, pad_rows, response_text)
 from rlhf_lightning.data.files import read_records, require_columns
 from rlhf_lightning.errors import RecipeError
 from rlhf_lightning.models import load_tokenizer
@@ -104,6 +104,11 @@ class OfflineDataModule(ResumableTrainLoader, LightningDataModule):
         if len(ids) > self.max_response_length:
             return f"responses longer than max_response_length={self.max_response_length}"
         return ids
+
+    def _encode_parts(self, record: dict, *response_columns: str) -> list[list[int]] | str:
+        """``[prompt ids, response ids, ...]`` of a row, or the first reason it cannot be used."""
+        parts = [self._prompt(record)] + [self._response(record[column]) for column in response_columns]
+        return next((part for part in parts if isinstance(part, str)), parts)
 
     def _load_split(self, split: str, path: str) -> list[dict]:
         field = f"data.init_args.{split}_file"
@@ -232,12 +237,10 @@ class SFTDataModule(OfflineDataModule):
             if not isinstance(messages, list) or not messages or messages[-1].get("role") != "assistant":
                 return "message lists that do not end with an assistant message"
             record = {self.prompt_column: messages[:-1], self.response_column: messages[-1]}
-        prompt = self._prompt(record)
-        if isinstance(prompt, str):
-            return prompt
-        response = self._response(record[self.response_column])
-        if isinstance(response, str):
-            return response
+        parts = self._encode_parts(record, self.response_column)
+        if isinstance(parts, str):
+            return parts
+        prompt, response = parts
         if self.packing and len(prompt) + len(response) > self.max_length:
             return f"examples longer than max_length={self.max_length} (packing)"
         return {"prompt_ids": prompt, "response_ids": response, "index": index}
@@ -277,17 +280,11 @@ def pack_examples(rows: list[dict], max_length: int) -> list[dict]:
 
 def collate_packed(rows: list[dict], pad_token_id: int) -> SequenceBatch:
     """Right-padded packed rows: ``prompt_length`` 1, ``extras["loss_mask"]`` ``[N, R]`` over the response block."""
-    width = max(len(r["input_ids"]) for r in rows)
-    width = max(width, 2)  # at least one position in the response block
-    n = len(rows)
-    input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((n, width), dtype=torch.long)
-    loss_mask = torch.zeros((n, width), dtype=torch.float32)
+    width = max(2, max(len(r["input_ids"]) for r in rows))  # at least one position in the response block
+    input_ids, attention_mask = pad_rows([r["input_ids"] for r in rows], pad_token_id, "right", width)
+    loss_mask = torch.zeros((len(rows), width), dtype=torch.float32)
     for i, row in enumerate(rows):
-        length = len(row["input_ids"])
-        input_ids[i, :length] = torch.tensor(row["input_ids"], dtype=torch.long)
-        attention_mask[i, :length] = 1
-        loss_mask[i, :length] = torch.tensor(row["loss_mask"], dtype=torch.float32)
+        loss_mask[i, :len(row["loss_mask"])] = torch.tensor(row["loss_mask"], dtype=torch.float32)
     return SequenceBatch(input_ids, attention_mask, 1, group_size=1,
                          extras={"index": torch.tensor([r["index"] for r in rows]), "loss_mask": loss_mask[:, 1:]})
 
@@ -315,13 +312,10 @@ class PreferenceDataModule(OfflineDataModule):
             [self.margin_column] if self.margin_column else [])
 
     def encode(self, record: dict, index: int) -> dict | str:
-        prompt = self._prompt(record)
-        if isinstance(prompt, str):
-            return prompt
-        chosen, rejected = self._response(record[self.chosen_column]), self._response(record[self.rejected_column])
-        for part in (chosen, rejected):
-            if isinstance(part, str):
-                return part
+        parts = self._encode_parts(record, self.chosen_column, self.rejected_column)
+        if isinstance(parts, str):
+            return parts
+        prompt, chosen, rejected = parts
         row = {"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected, "index": index}
         if self.margin_column:
             row["margin"] = float(record[self.margin_column])
@@ -360,12 +354,10 @@ class UnpairedDataModule(OfflineDataModule):
         return [self.prompt_column, self.completion_column, self.label_column]
 
     def encode(self, record: dict, index: int) -> dict | str:
-        prompt = self._prompt(record)
-        if isinstance(prompt, str):
-            return prompt
-        completion = self._response(record[self.completion_column])
-        if isinstance(completion, str):
-            return completion
+        parts = self._encode_parts(record, self.completion_column)
+        if isinstance(parts, str):
+            return parts
+        prompt, completion = parts
         label = record[self.label_column]
         if isinstance(label, str):
             label = label.strip().lower() in {"true", "1", "yes", "desirable", "good"}

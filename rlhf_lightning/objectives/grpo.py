@@ -89,12 +89,8 @@ class GRPO(Objective):
         super().__init__(inner_epochs=inner_epochs, num_minibatches=num_minibatches, problems=errors)
         self.group_size = group_size
         self.needs = replace(self.needs, samples_per_prompt=group_size)
-        self.clip_ratio = clip_ratio
-        self.beta = beta
-        self.kl_estimator = kl_estimator
-        self.scale_rewards = scale_rewards
-        self.loss_reduction = loss_reduction
-        self.constant_length = constant_length
+        self.clip_ratio, self.beta, self.kl_estimator = clip_ratio, beta, kl_estimator
+        self.scale_rewards, self.loss_reduction, self.constant_length = scale_rewards, loss_reduction, constant_length
 
     def prepare(self, rollout: Rollout, reduce_sum: Callable[[Tensor], Tensor]) -> Rollout:
         if rollout.group_size < 2:

@@ -84,14 +84,9 @@ class PPO(Objective):
             errors.append(self.field_error("ptx_coef", f"must be ≥ 0, got {ptx_coef}",
                                            "0 disables the pretraining mix"))
         super().__init__(inner_epochs=inner_epochs, num_minibatches=num_minibatches, problems=errors)
-        self.clip_ratio = clip_ratio
-        self.value_clip = value_clip
-        self.vf_coef = vf_coef
-        self.gamma = gamma
-        self.lam = lam
-        self.whiten_advantages = whiten_advantages
-        self.entropy_coef = entropy_coef
-        self.ptx_coef = ptx_coef
+        self.clip_ratio, self.value_clip, self.vf_coef = clip_ratio, value_clip, vf_coef
+        self.gamma, self.lam, self.whiten_advantages = gamma, lam, whiten_advantages
+        self.entropy_coef, self.ptx_coef = entropy_coef, ptx_coef
         # the module computes the policy's entropy only when it is used, and adds the LM loss only when weighted
         self.needs = replace(self.needs, entropy=entropy_coef > 0, pretrain_coef=ptx_coef)
 

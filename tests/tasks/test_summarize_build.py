@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlhf_lightning.tasks.summarize import GoldJudge, build_task, generate_responses, read_split, win_rate
+from rlhf_lightning.rewards import win_rate
+from rlhf_lightning.tasks.summarize import GoldJudge, build_task, generate_responses, read_split
 
 SMALL = dict(n_train=96, n_validation=8, n_test=12, sft_steps=4, sft_batch_size=16, progress=False)
 
@@ -64,7 +65,8 @@ def test_generation_and_win_rate_run(built):
     assert len(greedy) == len(prompts) and all(isinstance(r, str) for r in greedy)
     assert generate_responses(model, tokenizer, prompts, max_new_tokens=6) == greedy
     assert tokenizer.padding_side == "right"  # restored
-    assert win_rate(GoldJudge(), prompts, greedy, greedy) == 0.5
+    judge = GoldJudge()
+    assert win_rate(judge.score(prompts, greedy), judge.score(prompts, greedy)) == 0.5
 
 
 def test_deterministic_under_the_seed(built, tmp_path):

@@ -5,7 +5,7 @@ from rlhf_lightning.tasks.summarize.build import VERSION, TaskFiles, build_task,
 from rlhf_lightning.tasks.summarize.data import (SummarizePreferenceData, SummarizeSFTData, SummarizeTask,
                                                   SummarizeUnpairedData)
 from rlhf_lightning.tasks.summarize.corpus import oracle_summary, post_nouns
-from rlhf_lightning.tasks.summarize.evaluate import generate_responses, win_rate
+from rlhf_lightning.tasks.summarize.evaluate import generate_responses
 from rlhf_lightning.tasks.summarize.judge import GoldJudge, GoldPreference, gold_score
 
 __all__ = [
@@ -23,5 +23,4 @@ __all__ = [
     "oracle_summary",
     "post_nouns",
     "read_split",
-    "win_rate",
 ]

@@ -127,12 +127,8 @@ def build_task(
     root: Union[str, Path] = "runs/.cache/summarize",
     seed: int = 0,
     *,
-    n_train: int = 32768,
-    n_validation: int = 128,
-    n_test: int = 256,
-    sft_steps: int = 1800,
-    sft_batch_size: int = 64,
-    sft_lr: float = 3e-3,
+    n_train: int = 32768, n_validation: int = 128, n_test: int = 256,
+    sft_steps: int = 1800, sft_batch_size: int = 64, sft_lr: float = 3e-3,
     progress: bool = True,
 ) -> TaskFiles:
     """Build the offline summarisation task under ``root``, reusing whatever is already valid.

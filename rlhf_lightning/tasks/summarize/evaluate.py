@@ -1,4 +1,4 @@
-"""Greedy / sampled generation and judge-based win rates, for measuring policies on the task."""
+"""Greedy / sampled generation of a policy on the task, through the library's generation engine."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf_lightning.generation import HFGenerator, SamplingParams
-from rlhf_lightning.rewards import RewardSource
-from rlhf_lightning.rewards import win_rate as scores_win_rate
 
 
 @torch.no_grad()
@@ -40,8 +38,3 @@ def generate_responses(
         tokenizer.padding_side = side
     return out
 
-
-def win_rate(judge: RewardSource, prompts: Sequence[str], responses: Sequence[str],
-             baseline: Sequence[str]) -> float:
-    """Share of prompts where ``responses`` score above ``baseline`` under ``judge`` (ties count ½)."""
-    return scores_win_rate(judge.score(prompts, responses), judge.score(prompts, baseline))
