@@ -143,8 +143,9 @@ class RLHFModule(LightningModule):
 
     # ------------------------------------------------------------------ models
     def configure_model(self) -> None:
-        """Load the models: the reward sources first (cheap, and checked against the data's columns), then the
-        tokenizer, policy, reference and critic, and set the generation engine up for the policy."""
+        """Load the models: the reward sources first (so that a reward asking for a data column the prompts lack
+        fails before the policy loads), then the tokenizer, policy, reference and critic; then set the
+        generation engine up for the policy."""
         if self.policy is not None:
             return
         needs = self.objective.needs

@@ -295,8 +295,9 @@ class PreferenceSource(RewardSource):
 
     @abstractmethod
     def preference(self, prompts: Sequence[str], responses_a: Sequence[str],
-                   responses_b: Sequence[str]) -> torch.Tensor:
-        """``P(a ≻ b | x)`` for each triple, shape ``[N]``, values in ``[0, 1]``."""
+                   responses_b: Sequence[str], **columns: Sequence[Any]) -> torch.Tensor:
+        """``P(a ≻ b | x)`` for each triple, shape ``[N]``, values in ``[0, 1]``; ``columns`` are the prompt
+        data's other columns, one value per triple (a source takes those it names)."""
 
     def _needs_groups(self, asked: str) -> RecipeError:
         return RecipeError(
@@ -320,8 +321,10 @@ class PreferenceSource(RewardSource):
         starts = torch.arange(0, n, group_size)  # [B]
         rows_a = (starts[:, None] + first[None, :]).reshape(-1)  # [B·M]
         rows_b = (starts[:, None] + second[None, :]).reshape(-1)
-        p = self.preference([prompts[i] for i in rows_a.tolist()], [responses[i] for i in rows_a.tolist()],
-                            [responses[i] for i in rows_b.tolist()])
+        a, b = rows_a.tolist(), rows_b.tolist()
+        pair_columns = {name: [values[i] for i in a] for name, values in columns.items()}
+        p = self.preference([prompts[i] for i in a], [responses[i] for i in a], [responses[i] for i in b],
+                            **accepted_columns(self.preference, pair_columns))
         p = torch.as_tensor(p, dtype=torch.float32).detach().cpu().reshape(-1)
         if p.shape[0] != rows_a.shape[0]:
             raise ValueError(f"{type(self).__name__}.preference returned {p.shape[0]} values for "
@@ -336,8 +339,9 @@ def symmetrised(p_ab: torch.Tensor, p_ba: torch.Tensor) -> torch.Tensor:
 
 
 class FunctionPreference(PreferenceSource):
-    """Preferences from a Python function ``fn(prompts, responses_a, responses_b) -> list[float]``
-    giving ``P(a ≻ b | x)`` per triple (e.g. a rule or a call to an LLM judge).
+    """Preferences from a Python function ``fn(prompts, responses_a, responses_b, **columns) -> list[float]``
+    giving ``P(a ≻ b | x)`` per triple (e.g. a rule or a call to an LLM judge); further parameters it names
+    get those columns of the prompt data, one value per triple.
 
     Args:
         function: dotted path of the function, e.g. ``my_judges.prefer_shorter``.
@@ -357,21 +361,27 @@ class FunctionPreference(PreferenceSource):
             raise RecipeError(field, f"'{self.function}' is not callable")
         self._fn = fn
 
-    def _call(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> torch.Tensor:
-        values = torch.as_tensor(self._fn(list(prompts), list(a), list(b)), dtype=torch.float32).reshape(-1)
+    def missing_columns(self, available: Sequence[str]) -> list[str]:
+        if self._fn is None:
+            self.setup(torch.device("cpu"))
+        return [name for name in required_columns(self._fn, skip=3) if name not in available]
+
+    def _call(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str], columns: Columns) -> torch.Tensor:
+        values = self._fn(list(prompts), list(a), list(b), **accepted_columns(self._fn, columns))
+        values = torch.as_tensor(values, dtype=torch.float32).reshape(-1)
         if values.shape[0] != len(a) or not bool(((values >= 0) & (values <= 1)).all()):
             raise ValueError(f"preference function '{self.function}' must return {len(a)} probabilities in "
                              f"[0, 1]; got {values.tolist()[:8]}")
         return values
 
     def preference(self, prompts: Sequence[str], responses_a: Sequence[str],
-                   responses_b: Sequence[str]) -> torch.Tensor:
+                   responses_b: Sequence[str], **columns: Sequence[Any]) -> torch.Tensor:
         if self._fn is None:
             self.setup(torch.device("cpu"))
-        p_ab = self._call(prompts, responses_a, responses_b)
+        p_ab = self._call(prompts, responses_a, responses_b, columns)
         if not self.symmetrise:
             return p_ab
-        return symmetrised(p_ab, self._call(prompts, responses_b, responses_a))
+        return symmetrised(p_ab, self._call(prompts, responses_b, responses_a, columns))
 
 
 class PreferenceModel(_OneLogitClassifier, PreferenceSource):

@@ -121,3 +121,21 @@ def test_bad_weighted_sums_are_recipe_errors():
     with pytest.raises(RecipeError, match=r"reward\[1\]\.weight"):
         WeightedRewards([RewardTerm(source), RewardTerm(source, weight=float("nan"))])
     assert WeightedRewards([RewardTerm(source), RewardTerm(source)]).names == ["correct", "correct_1"]
+
+
+def prefer_the_answer(prompts, responses_a, responses_b, answer):
+    """P(a ≻ b) = 1 when only a is the row's answer, 0 when only b is, ½ otherwise."""
+    return [0.5 + 0.5 * ((a == t) - (b == t)) for a, b, t in zip(responses_a, responses_b, answer)]
+
+
+def test_preference_functions_get_the_columns_of_each_pair():
+    from rlhf_lightning.rewards import FunctionPreference
+
+    source = FunctionPreference("test_rewards_with_columns.prefer_the_answer")
+    # two prompts, three samples each; the answer column repeats per row as the rollout gives it
+    responses = ["cat", "dog", "cat", "sun", "sun", "moon"]
+    answer = ["cat"] * 3 + ["moon"] * 3
+    rewards = source.score_groups(["p"] * 6, responses, 3, answer=answer)
+    # prompt 1: each "cat" beats "dog" and ties the other "cat"; prompt 2: "moon" beats both "sun"s
+    torch.testing.assert_close(rewards, torch.tensor([0.75, 0.0, 0.75, 0.25, 0.25, 1.0]))
+    assert source.missing_columns(["reference"]) == ["answer"]
