@@ -171,7 +171,7 @@ def __getattr__(name: str):
                 self.clock.begin()
 
             def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-                rollout = batch.get("rollout")
+                rollout = outputs.get("rollout") if isinstance(outputs, dict) else None  # training_step's
                 info = dict(rollout.metrics) if rollout is not None else {}
                 rollout_seconds = float(info.get("time/rollout_seconds", 0.0))
                 # the module's busy time is rollout + update seconds; reading it is cheaper than

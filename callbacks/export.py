@@ -7,6 +7,8 @@ from typing import Optional
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from rlhf_lightning.module import require_rlhf_module
+
 
 class ExportPolicy(Callback):
     """Save the policy (safetensors) and tokenizer with ``save_pretrained`` when training ends.
@@ -19,6 +21,9 @@ class ExportPolicy(Callback):
     def __init__(self, dirpath: Optional[str] = None, merge_lora: bool = True) -> None:
         self.dirpath = dirpath
         self.merge_lora = merge_lora
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        require_rlhf_module(pl_module, "trainer.callbacks[ExportPolicy]")
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         directory = Path(self.dirpath or Path(trainer.default_root_dir) / "policy")

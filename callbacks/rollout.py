@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from typing import Any, Optional
 
 import torch
@@ -131,8 +132,8 @@ class Rollout(Callback):
     def collect(self, module: RLHFModule, batch: dict) -> Samples:
         """Generate and score one rollout batch of ``B`` prompts.
 
-        1. Repeat each prompt ``k = needs.samples_per_prompt`` times and sample from ``π_t`` with the
-           engine: responses ``[B·k, R]``, their masks and which ended with a token of the EOS set.
+        1. Sample ``k = needs.samples_per_prompt`` responses per prompt from ``π_t`` with the engine:
+           responses ``[B·k, R]``, their masks and which ended with a token of the EOS set.
         2. Hybrid pairs: append each prompt's data-set response (encoded as the offline data modules
            encode responses), so that every prompt owns ``group = k + dataset`` consecutive rows.
         3. Decode the responses and score them with the reward sources, which see the prompts and every
@@ -145,9 +146,8 @@ class Rollout(Callback):
         needs = module.objective.needs
         # 1. samples of π_t
         k = needs.samples_per_prompt
-        prompt_ids = batch["input_ids"].repeat_interleave(k, dim=0)  # [B·k, P]
-        prompt_mask = batch["attention_mask"].repeat_interleave(k, dim=0)
-        generation = module.generate(prompt_ids, prompt_mask, self.sampling)
+        generation = module.generate(batch["input_ids"], batch["attention_mask"],
+                                     replace(self.sampling, num_samples=k))  # [B·k, R]
         # 2. data-set responses (hybrid pairs)
         if needs.dataset_responses_per_prompt:
             generation = self._with_dataset_responses(module, batch, generation, k, needs.dataset_responses_per_prompt)

@@ -93,6 +93,13 @@ def test_the_checkpoints_processors_would_make_sampling_off_policy(tiny_model, t
     assert (sampler - policy).abs().max() > 1e-2
 
 
+def test_a_checkpoints_own_sampling_settings_are_named_when_replaced(tiny_model, tmp_path):
+    checkpoint = with_generation_config(tiny_model, tmp_path / "chat", do_sample=True, temperature=0.7, top_p=0.8,
+                                        top_k=20)
+    with pytest.warns(UserWarning, match=r"replaces temperature=0\.7, top_k=20, top_p=0\.8"):
+        HFGenerator().setup(AutoTokenizer.from_pretrained(checkpoint), AutoModelForCausalLM.from_pretrained(checkpoint))
+
+
 def test_no_warning_for_a_plain_generation_config(tiny_model):
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     with warnings.catch_warnings():
@@ -145,3 +152,39 @@ def test_sampling_params_are_checked():
     assert [p.field for p in problems] == ["rollout.init_args.max_new_tokens", "rollout.init_args.temperature",
                                            "rollout.init_args.top_p", "rollout.init_args.top_k"]
     assert [p.field for p in SamplingParams(max_new_tokens=4, min_new_tokens=5).problems("r")] == ["r.min_new_tokens"]
+
+
+# ---------------------------------------------------------------------------- several samples per prompt
+@pytest.mark.parametrize("share_prefill_from", [None, 2])
+def test_samples_per_prompt_come_back_grouped_and_on_policy(tiny_model, share_prefill_from):
+    """k samples per prompt, with the prompt's prefill shared among them or not: rows grouped by prompt,
+    every sampled token's log-prob the policy's."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    engine = HFGenerator(record_sampler_logprobs=True, share_prefill_from=share_prefill_from)
+    engine.setup(tokenizer, model)
+    input_ids, attention_mask = _prompts(tokenizer, ["say : cat dog", "say : sun", "say : moon tree rock"])
+    torch.manual_seed(0)
+    generation = engine.generate(model, input_ids, attention_mask,
+                                 SamplingParams(max_new_tokens=8, temperature=0.7, num_samples=3))
+    assert generation.responses.shape[0] == 9
+    ids = torch.cat([input_ids.repeat_interleave(3, 0), generation.responses], 1)
+    mask = torch.cat([attention_mask.repeat_interleave(3, 0), generation.response_mask], 1)
+    with torch.no_grad():
+        policy, _ = response_logprobs(model, ids, mask, input_ids.shape[1], 0.7)
+    gap = (generation.sampler_logprobs - policy)[generation.response_mask.bool()].abs().max()
+    assert gap <= 1e-5, gap
+
+
+def test_a_shared_prefill_decodes_what_a_repeated_prompt_decodes(tiny_model):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    input_ids, attention_mask = _prompts(tokenizer, ["say : cat dog", "say : sun", "say : moon tree rock"])
+    params = SamplingParams(max_new_tokens=8, temperature=0, num_samples=2)
+    out = {}
+    for share in (None, 2):
+        engine = HFGenerator(share_prefill_from=share)
+        engine.setup(tokenizer, model)
+        out[share] = engine.generate(model, input_ids, attention_mask, params)
+    assert torch.equal(out[None].responses, out[2].responses)
+    assert torch.equal(out[None].response_mask, out[2].response_mask)

@@ -93,3 +93,13 @@ def test_an_offline_recipe_needs_no_rollout_key(tiny_model, tiny_data, tmp_path)
     del recipe["rollout"]
     cli = RLHFCLI(args=["--config", str(_write(tmp_path / "recipe.yaml", recipe))], run=False)
     assert _rollout(cli).kl_coef == 0.05  # the default rollout; it does nothing for offline objectives
+
+
+@pytest.mark.parametrize("callback", [Rollout(), WinRateEvaluation(), ExportPolicy()], ids=lambda c: type(c).__name__)
+def test_callbacks_refuse_a_module_that_is_not_an_rlhf_module(callback):
+    from lightning.pytorch import LightningModule
+
+    from rlhf_lightning.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="RLHFModule"):
+        callback.setup(None, LightningModule(), "fit")

@@ -6,15 +6,16 @@ Face ``generate``, is the default). An engine:
 
 1. samples each token from ``softmax(logits / T)`` restricted only by the recipe's top-k / top-p
    (:class:`SamplingParams`), so that the log-probs the policy recomputes describe the sampler;
-2. stops a row at the first token of the EOS set (:func:`~rlhf_lightning.generation.eos.eos_token_ids`)
+2. draws ``num_samples`` responses per prompt (an engine may share the prompt's prefill among them) and
+   stops a row at the first token of the EOS set (:func:`~rlhf_lightning.generation.eos.eos_token_ids`)
    and returns a :class:`Generation`: the response block, its mask and which rows ended;
 3. is told after every optimizer step (:meth:`Generator.sync_weights`) that the policy has changed.
 
 **Plugging in a vLLM- or SGLang-style engine** is one more file: subclass :class:`Generator`, start the
 engine in :meth:`~Generator.setup` (it gets the tokenizer, the policy and the EOS set), turn the
 prompt ids into engine requests in :meth:`~Generator.generate` with the same sampling parameters
-(``temperature``, ``top_p``, ``top_k``, ``max_tokens`` and ``stop_token_ids`` = the EOS set, every other
-processor off), and build the :class:`Generation` with :func:`~rlhf_lightning.generation.masks.
+(``temperature``, ``top_p``, ``top_k``, ``max_tokens``, ``n`` = ``num_samples`` and ``stop_token_ids`` =
+the EOS set, every other processor off), and build the :class:`Generation` with :func:`~rlhf_lightning.generation.masks.
 response_attention_mask`; in :meth:`~Generator.sync_weights` load the policy's current weights into the
 engine (``policy.state_dict()``, LoRA merged, or an adapter update), since the engine keeps its own copy.
 Generation with ``use_reference`` (evaluation's start-policy responses) needs the reference weights:
@@ -46,6 +47,7 @@ class SamplingParams:
         top_k: top-k cut (0 = off).
         min_new_tokens: forbid EOS for this many tokens (changes the sampling distribution: keep 0 for
             exact on-policy log-probs).
+        num_samples: responses per prompt (``n``); they come back as consecutive rows, prompt by prompt.
     """
 
     max_new_tokens: int
@@ -53,6 +55,7 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0
     min_new_tokens: int = 0
+    num_samples: int = 1
 
     def problems(self, field: str) -> list[RecipeError]:
         """One :class:`RecipeError` per bad value, each naming ``<field>.<key>``."""
@@ -61,7 +64,8 @@ class SamplingParams:
                   ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
                   ("top_k", self.top_k >= 0, "must be ≥ 0 (0 = off)"),
                   ("min_new_tokens", 0 <= self.min_new_tokens <= self.max_new_tokens,
-                   "must be in [0, max_new_tokens]")]
+                   "must be in [0, max_new_tokens]"),
+                  ("num_samples", self.num_samples >= 1, "must be ≥ 1")]
         return [RecipeError(f"{field}.{key}", f"{rule}, got {getattr(self, key)}") for key, ok, rule in checks
                 if not ok]
 
@@ -72,7 +76,8 @@ class SamplingParams:
 
 @dataclass
 class Generation:
-    """What an engine returns for ``N`` prompts.
+    """What an engine returns for ``B`` prompts and ``k = num_samples``: ``N = B·k`` rows, the ``k`` samples of
+    each prompt consecutive.
 
     Attributes:
         responses: ``[N, R]`` response tokens, the pad token after the end of each response.
@@ -104,7 +109,8 @@ class Generator(ABC):
     @abstractmethod
     def generate(self, model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
                  params: SamplingParams) -> Generation:
-        """Sample one response per row of the left-padded prompts ``input_ids`` ``[N, P]`` from ``model``."""
+        """Sample ``params.num_samples`` responses per row of the left-padded prompts ``input_ids`` ``[B, P]``
+        from ``model``, returned as ``B·k`` rows (the samples of a prompt consecutive)."""
 
     def sync_weights(self, policy: nn.Module) -> None:
         """The policy's weights changed (after an optimizer step); an engine with its own copy reloads them."""

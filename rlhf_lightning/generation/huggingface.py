@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 from torch import Tensor, nn
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from rlhf_lightning.errors import RecipeError
 from rlhf_lightning.generation.base import Generation, Generator, SamplingParams
 from rlhf_lightning.generation.eos import base_model
 from rlhf_lightning.generation.masks import response_attention_mask
@@ -23,6 +25,8 @@ DISTRIBUTION_SETTINGS = {
     "min_length": 0, "min_new_tokens": 0, "renormalize_logits": False, "num_beams": 1, "diversity_penalty": 0.0,
     "penalty_alpha": None, "dola_layers": None, "low_memory": None,
 }
+# transformers 5 names a model's KV cache ``cache`` (``past_key_values`` before, now deprecated)
+CACHE_ARGUMENT = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 REPLACED_SETTINGS = ("temperature", "top_k", "top_p")  # the recipe's values are used instead
 
 
@@ -47,37 +51,56 @@ class HFGenerator(Generator):
     What the checkpoint would have added (repetition penalty, n-gram blocking, bad words, min-p, forced
     or suppressed tokens, ...) is named in one warning when the engine is set up.
 
+    With ``num_samples = k > 1`` and prompts at least ``share_prefill_from`` tokens wide, the prompts'
+    prefill runs once per prompt and its KV cache is copied to the ``k`` samples; shorter prompts are
+    repeated ``k`` times and prefilled together. The samples are the policy's either way. Measured with
+    ``benchmarks/prefill_sharing.py`` (~30M-parameter Llama, 8 prompts, 24 new tokens, one CPU thread):
+    1.09× faster at 64 prompt tokens and k = 2, 1.35× at k = 4, 1.29× / 1.82× at 256 tokens; at 16
+    tokens the gain is within noise, hence the default of 64 (which also keeps the embedded task's
+    prompts, at most 64 tokens wide, on the repeated path).
+
     Args:
         record_sampler_logprobs: also return the sampler's own ``ln p`` of each sampled token
             (:attr:`Generation.sampler_logprobs`, from the processed scores; costs ``[N, R, V]`` memory):
             for checking that the sampler is the policy, never used for training.
+        share_prefill_from: prompt width (tokens, padding included) from which the prefill is shared among
+            a prompt's samples; ``null`` never shares.
     """
 
-    def __init__(self, record_sampler_logprobs: bool = False) -> None:
+    def __init__(self, record_sampler_logprobs: bool = False, share_prefill_from: Optional[int] = 64) -> None:
+        if share_prefill_from is not None and share_prefill_from < 2:
+            raise RecipeError("rollout.init_args.generator.init_args.share_prefill_from",
+                              f"must be ≥ 2 or null, got {share_prefill_from}")
         self.record_sampler_logprobs = record_sampler_logprobs
+        self.share_prefill_from = share_prefill_from
 
     def setup(self, tokenizer, policy: nn.Module) -> None:
         super().setup(tokenizer, policy)
         config = getattr(base_model(policy), "generation_config", None)
         dropped = dropped_settings(config)
-        replaced = {name: getattr(config, name, None) for name in REPLACED_SETTINGS}
-        replaced = {name: value for name, value in replaced.items() if value is not None and config is not None}
-        if dropped:
-            named = ", ".join(f"{key}={value!r}" for key, value in dropped.items())
-            also = ", ".join(f"{key}={value!r}" for key, value in replaced.items())
-            warnings.warn(f"the checkpoint's generation config is not used for sampling: dropped {named}"
-                          + (f" (and the recipe's sampling replaces {also})" if also else "")
-                          + "; rollouts and evaluation sample from softmax(logits / temperature) cut only by the "
+        replaced = {name: getattr(config, name, None) for name in REPLACED_SETTINGS} if config is not None else {}
+        replaced = {name: value for name, value in replaced.items() if value is not None}
+        if dropped or replaced:
+            parts = []
+            if dropped:
+                parts.append("dropped " + ", ".join(f"{key}={value!r}" for key, value in dropped.items()))
+            if replaced:
+                parts.append("the recipe's sampling replaces " + ", ".join(f"{k}={v!r}" for k, v in replaced.items()))
+            warnings.warn(f"the checkpoint's generation config is not used for sampling ({'; '.join(parts)}): "
+                          "rollouts and evaluation sample from softmax(logits / temperature) cut only by the "
                           "recipe's top_k / top_p, so that the policy's log-probs describe the sampler", stacklevel=2)
 
     def generation_config(self, params: SamplingParams):
-        """A fresh ``GenerationConfig`` with only ``params``, the EOS set and the pad token."""
+        """A fresh ``GenerationConfig`` with only ``params``, the EOS set, the pad token (and the scores when
+        the sampler's log-probs are recorded)."""
         from transformers import GenerationConfig
 
         sampling = (dict(do_sample=False) if params.greedy else
                     dict(do_sample=True, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p))
         return GenerationConfig(max_new_tokens=params.max_new_tokens, min_new_tokens=params.min_new_tokens,
-                                eos_token_id=list(self.eos_ids), pad_token_id=self.pad_token_id, **sampling)
+                                eos_token_id=list(self.eos_ids), pad_token_id=self.pad_token_id,
+                                output_scores=self.record_sampler_logprobs,
+                                return_dict_in_generate=self.record_sampler_logprobs, **sampling)
 
     @contextmanager
     def _only(self, model: nn.Module, config) -> Iterator[None]:
@@ -90,23 +113,38 @@ class HFGenerator(Generator):
         finally:
             target.generation_config = saved
 
+    @staticmethod
+    def _shared_prefill(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, k: int):
+        """The KV cache of every prompt token but the last, computed once per prompt and repeated for its
+        ``k`` samples (``generate`` then starts from the last prompt token)."""
+        from rlhf_lightning.logprobs import position_ids_from_mask
+
+        out = model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
+                    position_ids=position_ids_from_mask(attention_mask[:, :-1]), use_cache=True)
+        cache = getattr(out, CACHE_ARGUMENT)
+        cache.batch_repeat_interleave(k)
+        return cache
+
     @torch.no_grad()
     def generate(self, model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
                  params: SamplingParams) -> Generation:
         if not self.eos_ids:
             raise RuntimeError("HFGenerator.setup(tokenizer, policy) must run before generate (RLHFModule does)")
         config = self.generation_config(params)
+        k, width = params.num_samples, input_ids.shape[1]
+        share = k > 1 and self.share_prefill_from is not None and width >= self.share_prefill_from
         was_training = model.training
         model.eval()
         try:
+            cache = self._shared_prefill(model, input_ids, attention_mask, k) if share else None
+            input_ids, attention_mask = input_ids.repeat_interleave(k, 0), attention_mask.repeat_interleave(k, 0)
             with self._only(model, config):
                 out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
-                                     output_scores=self.record_sampler_logprobs,
-                                     return_dict_in_generate=self.record_sampler_logprobs)
+                                     **({CACHE_ARGUMENT: cache} if cache is not None else {}))
         finally:
             model.train(was_training)
         sequences = out.sequences if self.record_sampler_logprobs else out
-        responses = sequences[:, input_ids.shape[1]:]
+        responses = sequences[:, width:]
         mask, ended = response_attention_mask(responses, self.eos_ids, self.pad_token_id)
         responses = responses.masked_fill(mask == 0, self.pad_token_id)
         sampler_logprobs = None
