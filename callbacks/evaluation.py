@@ -14,7 +14,7 @@ from torch import Tensor
 from rlhf_lightning.errors import RecipeError
 from rlhf_lightning.generation import SamplingParams
 from rlhf_lightning.module import require_rlhf_module
-from rlhf_lightning.rewards import PreferenceSource, RewardSource, win_rate
+from rlhf_lightning.rewards import RewardSource, is_pointwise, win_rate
 from rlhf_lightning.step_metrics import logger_step
 
 FIELD = "trainer.callbacks[WinRateEvaluation].init_args"
@@ -67,7 +67,7 @@ class WinRateEvaluation(Callback):
             raise RecipeError(f"{FIELD}.judge",
                               "nothing to judge the responses with: no judge and no reward source",
                               "set judge, e.g. class_path: rlhf_lightning.tasks.summarize.GoldJudge")
-        if isinstance(self.judge or pl_module.reward, PreferenceSource):
+        if not is_pointwise(self.judge or pl_module.reward):
             raise RecipeError(f"{FIELD}.judge",
                               "the evaluation judge scores single responses, but the reward is a preference "
                               "model (it only compares responses)",
@@ -126,10 +126,10 @@ class WinRateEvaluation(Callback):
         judge = self.judge or pl_module.reward
         rows = self._rank_rows(trainer, split)
         prompts = [r["prompt"] for r in rows]
-        columns = trainer_collate(pl_module, rows)["columns"] if rows else {}
+        data_columns = trainer_collate(pl_module, rows)["columns"] if rows else {}
 
         def score(source: RewardSource, texts: list[str]) -> Tensor:  # pointwise, seeing the data's columns
-            return source.score_terms(prompts, texts, 1, **columns)[0].float()
+            return source.score_terms(prompts, texts, 1, **data_columns)[0].float()
 
         policy_texts = self._responses(pl_module, rows, use_reference=False)
         if split not in self._sft_cache:  # the reference policy is frozen: decode it once
@@ -138,7 +138,7 @@ class WinRateEvaluation(Callback):
         sft_texts, sft_scores = self._sft_cache[split]
         scores = score(judge, policy_texts)
         proxy = pl_module.reward if self.judge is not None and pl_module.reward is not None else None
-        if isinstance(proxy, PreferenceSource):
+        if proxy is not None and not is_pointwise(proxy):
             proxy = None
         proxy_scores = score(proxy, policy_texts).cpu() if proxy is not None else None
         has_reference = all("reference" in r for r in rows)

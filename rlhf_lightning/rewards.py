@@ -194,6 +194,13 @@ class WeightedRewards(RewardSource):
         return self.score_terms(prompts, responses, group_size, **columns)[0]
 
 
+def is_pointwise(source: RewardSource) -> bool:
+    """Whether ``source`` scores single responses (no preference source in it), as an evaluation judge must."""
+    if isinstance(source, PreferenceSource):
+        return False
+    return all(is_pointwise(term.source) for term in getattr(source, "terms", []))
+
+
 def as_reward_source(reward: Union[RewardSource, Sequence[RewardTerm], None]) -> Optional[RewardSource]:
     """The module's reward: one source as it is, a list of weighted terms as their :class:`WeightedRewards`."""
     if reward is None or isinstance(reward, RewardSource):

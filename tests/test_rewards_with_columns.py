@@ -139,3 +139,13 @@ def test_preference_functions_get_the_columns_of_each_pair():
     # prompt 1: each "cat" beats "dog" and ties the other "cat"; prompt 2: "moon" beats both "sun"s
     torch.testing.assert_close(rewards, torch.tensor([0.75, 0.0, 0.75, 0.25, 0.25, 1.0]))
     assert source.missing_columns(["reference"]) == ["answer"]
+
+
+def test_a_sum_with_a_preference_source_is_not_a_pointwise_judge():
+    from rlhf_lightning.rewards import FunctionPreference, is_pointwise
+
+    pointwise = FunctionReward("test_rewards_with_columns.correct")
+    preference = FunctionPreference("test_rewards_with_columns.prefer_the_answer")
+    assert is_pointwise(pointwise) and is_pointwise(WeightedRewards([RewardTerm(pointwise)]))
+    assert not is_pointwise(preference)
+    assert not is_pointwise(WeightedRewards([RewardTerm(pointwise), RewardTerm(preference, weight=0.5)]))
