@@ -94,7 +94,8 @@ class Rollout(Callback):
                               "set rollout.init_args.kl_coef: 0 (and target_kl: null); the objective's own KL "
                               "weight (e.g. GRPO's beta) regularises it")
         datamodule = trainer.datamodule
-        if needs.dataset_responses_per_prompt and getattr(datamodule, "reference_column", None) is None:
+        names_no_response = hasattr(datamodule, "reference_column") and datamodule.reference_column is None
+        if needs.dataset_responses_per_prompt and names_no_response:
             raise RecipeError("data.init_args.reference_column",
                               f"objective {name} pairs samples with data set responses, but the data module names "
                               "no response column", "set reference_column to the column of the data set's responses")

@@ -100,6 +100,10 @@ RECIPE_CASES = {
     "reward asks for a missing column": (lambda r: _set(r, "model.init_args.reward.init_args.function",
                                                         "tiny.answer_reward"),
                                          "model.init_args.reward:", "data column 'answer'"),
+    "hybrid pairs without a response column": (
+        lambda r: (_set(r, "model.init_args.objective.init_args.pairs", "dataset"),
+                   _set(r, "data.init_args.reference_column", None)),
+        "data.init_args.reference_column:", "pairs samples with data set responses"),
     "bad reward weight": (lambda r: _set(r, "model.init_args.reward", [
         {"source": r["model"]["init_args"]["reward"], "weight": float("inf")}]),
         "model.init_args.reward[0].weight:", "finite number"),
