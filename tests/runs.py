@@ -82,8 +82,8 @@ class RecordingGenerator(HFGenerator):
     """The Hugging Face engine, keeping every :class:`~rlhf_lightning.generation.Generation` it returns
     with the sampler's own log-probs (for fidelity checks)."""
 
-    def __init__(self) -> None:
-        super().__init__(record_sampler_logprobs=True)
+    def __init__(self, share_prefill_from: int | None = 64) -> None:
+        super().__init__(record_sampler_logprobs=True, share_prefill_from=share_prefill_from)
         self.generations = []
 
     def generate(self, model, input_ids, attention_mask, params):

@@ -65,3 +65,20 @@ def test_old_logprobs_are_the_samplers_and_the_second_eos_ends_a_response(name, 
         no_eos = ~generation.ended
         assert torch.equal(rollout.rewards[no_eos], torch.full_like(rollout.rewards[no_eos], NO_EOS_REWARD))
     assert ended_by_second > 0
+
+
+def test_a_lora_policy_with_a_shared_prefill_samples_on_policy(tiny_model, tiny_data, tmp_path):
+    """LoRA (the reference is the adapter disabled) and the shared-prefill path of the engine together:
+    ln π_t is still the sampler's log-prob of every token."""
+    extra = ["--model.policy.lora.r", "8", "--model.policy.lora.alpha", "16", "--rollout.temperature", "0.7",
+             "--rollout.generator", "runs.RecordingGenerator", "--rollout.generator.share_prefill_from", "2"]
+    args = without_evaluation(tiny_run_args(tiny_model, tiny_data, tmp_path, batches=3, lr=1e-2,
+                                            objective=OBJECTIVES["rebel"], extra=extra))
+    recorder = RecordRollouts()
+    cli = fit_with_callbacks(args, recorder)
+    (rollout_callback,) = [c for c in cli.trainer.callbacks if isinstance(c, Rollout)]
+    engine = rollout_callback.generator
+    assert engine.share_prefill_from == 2 and cli.model.reference is None
+    for generation, rollout in zip(engine.generations, recorder.rollouts):
+        gap = (rollout.old_logprobs - generation.sampler_logprobs)[rollout.response_mask.bool()].abs().max()
+        assert gap <= 1e-5, gap
