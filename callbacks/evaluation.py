@@ -123,6 +123,10 @@ class WinRateEvaluation(Callback):
         return torch.cat(values) if values else torch.zeros(0)
 
     def evaluate(self, trainer: Trainer, pl_module: LightningModule, split: str, step: int) -> dict[str, float]:
+        with pl_module.precision_context():  # the precision the policy trains in (autocast under *-mixed)
+            return self._evaluate(trainer, pl_module, split, step)
+
+    def _evaluate(self, trainer: Trainer, pl_module: LightningModule, split: str, step: int) -> dict[str, float]:
         judge = self.judge or pl_module.reward
         rows = self._rank_rows(trainer, split)
         prompts = [r["prompt"] for r in rows]

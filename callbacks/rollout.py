@@ -102,7 +102,8 @@ class Rollout(Callback):
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: dict, batch_idx: int) -> None:
         if pl_module.objective.needs.rollout:
-            batch["samples"] = self.collect(pl_module, batch)
+            with pl_module.precision_context():  # the update's autocast, so that all log-probs share one precision
+                batch["samples"] = self.collect(pl_module, batch)
 
     # ------------------------------------------------------------------ adaptive KL coefficient
     def state_dict(self) -> dict:

@@ -220,6 +220,11 @@ class RLHFModule(LightningModule):
             raise RuntimeError("this objective was configured without a reference model")
 
     # ------------------------------------------------------------------ rollout helpers
+    def precision_context(self):
+        """The trainer's forward context (autocast under ``bf16-mixed``/``16-mixed``): rollouts and evaluation
+        run in it, so that sampling, ``ln π_ref`` and ``ln π_t`` use the precision the update uses."""
+        return self.trainer.precision_plugin.forward_context() if self._trainer is not None else nullcontext()
+
     def generate(self, input_ids: Tensor, attention_mask: Tensor, params: SamplingParams,
                  use_reference: bool = False) -> Generation:
         """Responses for left-padded prompts from the policy (or the reference) through the generation engine."""

@@ -82,3 +82,16 @@ def test_a_lora_policy_with_a_shared_prefill_samples_on_policy(tiny_model, tiny_
     for generation, rollout in zip(engine.generations, recorder.rollouts):
         gap = (rollout.old_logprobs - generation.sampler_logprobs)[rollout.response_mask.bool()].abs().max()
         assert gap <= 1e-5, gap
+
+
+@pytest.mark.parametrize("name", ["rebel", "rloo"])  # ln π_t from a no-grad pass / from the update's forward
+def test_bf16_mixed_rollout_runs_in_the_updates_autocast(name, tiny_model, tiny_data, tmp_path):
+    """Under bf16-mixed the rollout (sampling, ln π_ref) runs in the same autocast as the update: before the
+    first update the policy is the reference, so ln π_t − ln π_ref is exactly 0 on every token."""
+    args = without_evaluation(tiny_run_args(tiny_model, tiny_data, tmp_path, batches=1, objective=OBJECTIVES[name],
+                                            extra=["--trainer.precision", "bf16-mixed"]))
+    recorder = RecordRollouts()
+    fit_with_callbacks(args, recorder)
+    first = recorder.rollouts[0]
+    assert torch.equal(first.old_logprobs, first.ref_logprobs)
+    assert first.metrics["kl/ref"] == 0.0
