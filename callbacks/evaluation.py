@@ -11,7 +11,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
-from rlhf_lightning.errors import RecipeError
+from rlhf_lightning.data.encoding import response_text
+from rlhf_lightning.errors import RecipeError, raise_all
 from rlhf_lightning.generation import SamplingParams
 from rlhf_lightning.module import require_rlhf_module
 from rlhf_lightning.rewards import RewardSource, is_pointwise, win_rate
@@ -47,8 +48,12 @@ class WinRateEvaluation(Callback):
     def __init__(self, judge: Optional[RewardSource] = None, split: str = "test", num_prompts: Optional[int] = None,
                  every_n_rollouts: int = 0, max_new_tokens: int = 53, temperature: float = 0.0,
                  batch_size: int = 64, num_samples_logged: int = 8) -> None:
-        if temperature < 0:
-            raise RecipeError(f"{FIELD}.temperature", "must be ≥ 0")
+        problems = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature).problems(FIELD)
+        if batch_size < 1:
+            problems.append(RecipeError(f"{FIELD}.batch_size", f"must be ≥ 1, got {batch_size}"))
+        if every_n_rollouts < 0:
+            problems.append(RecipeError(f"{FIELD}.every_n_rollouts", f"must be ≥ 0, got {every_n_rollouts}"))
+        raise_all(problems)
         self.judge = judge
         self.split = split
         self.num_prompts = num_prompts
@@ -73,8 +78,25 @@ class WinRateEvaluation(Callback):
                               "model (it only compares responses)",
                               "set judge to a pointwise reward, e.g. class_path: rlhf_lightning.tasks.summarize.GoldJudge")
         pl_module.reference_for_evaluation = True  # win rate vs SFT and KL need the starting policy
+        self._check_eval_rows(trainer, pl_module)
         if self.judge is not None:
             self.judge.setup(trainer.strategy.root_device)
+
+    def _check_eval_rows(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Before training: the held-out prompts exist and hold every column the judge (and the training
+        reward, tracked as the proxy) asks for."""
+        splits = [self.split] + (["validation"] if self.every_n_rollouts and "validation" in
+                                 getattr(trainer.datamodule, "splits", {}) else [])
+        for split in splits:
+            rows = trainer.datamodule.eval_rows(split, 1)  # a RecipeError naming the data field when missing
+            available = list(rows[0].get("columns", {})) if rows else []
+            for key, source in ((f"{FIELD}.judge", self.judge), ("model.init_args.reward", pl_module.reward)):
+                missing = source.missing_columns(available) if source is not None and is_pointwise(source) else []
+                if missing:
+                    raise RecipeError(key, f"the evaluation scores the '{split}' prompts with a reward that asks for "
+                                           f"the data column '{missing[0]}', which they do not have "
+                                           f"(columns: {', '.join(available) or 'none'})",
+                                      f"add a '{missing[0]}' column to the {split} prompts")
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         done = rollout_batches_done(trainer)
@@ -100,7 +122,9 @@ class WinRateEvaluation(Callback):
         """Responses for ``rows``: texts, prompt+response ids, attention mask, prompt width (one batch)."""
         batch = trainer_collate(pl_module, rows)
         params = SamplingParams(max_new_tokens=self.max_new_tokens, temperature=temperature)
-        generation = pl_module.generate(batch["input_ids"], batch["attention_mask"], params, use_reference=use_reference)
+        with pl_module.precision_context():  # the precision the policy trains in (autocast under *-mixed)
+            generation = pl_module.generate(batch["input_ids"], batch["attention_mask"], params,
+                                            use_reference=use_reference)
         texts = pl_module.tokenizer.batch_decode(generation.responses, skip_special_tokens=True)
         ids = torch.cat([batch["input_ids"], generation.responses], 1)
         attention = torch.cat([batch["attention_mask"], generation.response_mask], 1)
@@ -116,17 +140,13 @@ class WinRateEvaluation(Callback):
         values = []
         for start in range(0, len(rows), self.batch_size):
             _, ids, attention, width = self._decode(pl_module, rows[start:start + self.batch_size], False, 1.0)
-            with torch.no_grad():
+            with torch.no_grad(), pl_module.precision_context():
                 logp, _ = pl_module.policy_logprobs(ids, attention, width)
-            ref = pl_module.reference_logprobs(ids, attention, width)
+                ref = pl_module.reference_logprobs(ids, attention, width)
             values.append((logp - ref).sum(-1))
         return torch.cat(values) if values else torch.zeros(0)
 
     def evaluate(self, trainer: Trainer, pl_module: LightningModule, split: str, step: int) -> dict[str, float]:
-        with pl_module.precision_context():  # the precision the policy trains in (autocast under *-mixed)
-            return self._evaluate(trainer, pl_module, split, step)
-
-    def _evaluate(self, trainer: Trainer, pl_module: LightningModule, split: str, step: int) -> dict[str, float]:
         judge = self.judge or pl_module.reward
         rows = self._rank_rows(trainer, split)
         prompts = [r["prompt"] for r in rows]
@@ -146,7 +166,7 @@ class WinRateEvaluation(Callback):
             proxy = None
         proxy_scores = score(proxy, policy_texts).cpu() if proxy is not None else None
         has_reference = all("reference" in r for r in rows)
-        ref_scores = score(judge, [r["reference"] for r in rows]) if has_reference else None
+        ref_scores = score(judge, [response_text(r["reference"]) for r in rows]) if has_reference else None
         kl = self._kl(pl_module, rows).cpu()
 
         columns = [scores, sft_scores, kl] + ([ref_scores] if ref_scores is not None else [])

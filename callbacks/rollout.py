@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import replace
 from typing import Any, Optional
 
@@ -40,8 +41,9 @@ class Rollout(Callback):
         min_new_tokens: forbid EOS for this many tokens (the TL;DR runs used 53); this changes the sampling
             distribution away from the policy's, so keep 0 for exact on-policy training.
         temperature: sampling temperature; log-probs are taken from ``logits / temperature``.
-        top_p: nucleus sampling threshold (1.0 = off).
-        top_k: top-k sampling (0 = off).
+        top_p: nucleus sampling threshold (1.0 = off). Below 1 the samples come from a cut distribution while
+            the log-probs are the full policy's: slightly off-policy (a warning says so).
+        top_k: top-k sampling (0 = off; the same caveat as ``top_p``).
         kl_coef: γ (β for PPO), the weight of the KL penalty in the shaped reward.
         target_kl: KL per sequence the adaptive controller aims for (``null`` = fixed γ).
         kl_horizon: the controller's horizon, in samples.
@@ -68,6 +70,11 @@ class Rollout(Callback):
         errors += [RecipeError(f"{FIELD}.{key}", problem) for key, ok, problem in checks
                    if not ok and not any(e.field == f"{FIELD}.{key}" for e in errors)]
         raise_all(errors)
+        if top_p < 1 or top_k > 0 or min_new_tokens > 0:
+            warnings.warn(f"{FIELD}: top_p={top_p}, top_k={top_k}, min_new_tokens={min_new_tokens} cut the sampling "
+                          "distribution, while ln π_t, ln π_ref and the KL are computed from the full "
+                          "softmax(logits / temperature): the samples are then slightly off-policy; keep top_p: 1.0, "
+                          "top_k: 0 and min_new_tokens: 0 for exact on-policy training", stacklevel=2)
         self.kl_coef = kl_coef
         self.target_kl = target_kl
         self.kl_horizon = kl_horizon
@@ -102,8 +109,7 @@ class Rollout(Callback):
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: dict, batch_idx: int) -> None:
         if pl_module.objective.needs.rollout:
-            with pl_module.precision_context():  # the update's autocast, so that all log-probs share one precision
-                batch["samples"] = self.collect(pl_module, batch)
+            batch["samples"] = self.collect(pl_module, batch)
 
     # ------------------------------------------------------------------ adaptive KL coefficient
     def state_dict(self) -> dict:
@@ -142,14 +148,18 @@ class Rollout(Callback):
            other column of the prompt data; a response without EOS gets ``no_eos_reward``.
         4. ``ln π_ref`` per response token, and the critic's values when the objective has one.
 
+        Generation and step 4 run in the trainer's forward context (autocast under ``*-mixed``), as the
+        update does; the reward sources run outside it, in their own precision.
+
         Returns the :class:`~rlhf_lightning.rollout.Samples` (``N = B·group`` rows).
         """
         start = time.perf_counter()
         needs = module.objective.needs
         # 1. samples of π_t
         k = needs.samples_per_prompt
-        generation = module.generate(batch["input_ids"], batch["attention_mask"],
-                                     replace(self.sampling, num_samples=k))  # [B·k, R]
+        with module.precision_context():  # the update's autocast: the sampler is the policy that is trained
+            generation = module.generate(batch["input_ids"], batch["attention_mask"],
+                                         replace(self.sampling, num_samples=k))  # [B·k, R]
         # 2. data-set responses (hybrid pairs)
         if needs.dataset_responses_per_prompt:
             generation = self._with_dataset_responses(module, batch, generation, k, needs.dataset_responses_per_prompt)
@@ -169,8 +179,9 @@ class Rollout(Callback):
             rewards = torch.where(generation.ended.to(rewards.device), rewards,
                                   torch.full_like(rewards, self.no_eos_reward))
         # 4. reference log-probs and critic values
-        ref_logprobs = module.reference_logprobs(input_ids, attention_mask, prompt_length, self.temperature)
-        values = module.critic_values(input_ids, attention_mask, prompt_length) if needs.critic else None
+        with module.precision_context():  # one precision for ln π_ref, ln π_t and the critic (rewards: their own)
+            ref_logprobs = module.reference_logprobs(input_ids, attention_mask, prompt_length, self.temperature)
+            values = module.critic_values(input_ids, attention_mask, prompt_length) if needs.critic else None
         metrics = {
             "reward/raw": rewards.mean().item(),
             **{f"reward/{name}": part.float().mean().item() for name, part in parts.items()},

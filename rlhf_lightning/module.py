@@ -85,7 +85,7 @@ class RLHFModule(LightningModule):
         old_logprobs_from_update: online objectives whose update is one optimizer step over the whole
             rollout in one forward (``inner_epochs`` 1, ``num_minibatches`` 1, no critic, no row selection in
             ``prepare``, no micro-batching below the rollout's size): take ``ln π_t`` from that forward
-            (detached) instead of a separate no-grad pass at rollout time. Before the step ``π_θ = π_t``,
+            (detached) instead of a separate no-grad pass before the update. Before the step ``π_θ = π_t``,
             so the numbers are the same and each batch costs one policy forward less. ``false`` always
             runs the separate pass.
     """
@@ -230,7 +230,7 @@ class RLHFModule(LightningModule):
         """Responses for left-padded prompts from the policy (or the reference) through the generation engine."""
         context = self._reference_model() if use_reference else nullcontext(self.policy)
         with context as model:
-            return self.generator.generate(model, input_ids, attention_mask, params)
+            return self.generator.generate(model, input_ids, attention_mask, params, use_reference=use_reference)
 
     def policy_logprobs(self, input_ids: Tensor, attention_mask: Tensor, prompt_length: int,
                         temperature: float = 1.0, with_entropy: bool = False,
@@ -241,8 +241,8 @@ class RLHFModule(LightningModule):
 
     def takes_old_logprobs_from_update(self, num_rows: int) -> bool:
         """Whether the update of a rollout of ``num_rows`` rows is a single forward over all of them before
-        any parameter change, so that the rollout callback can leave ``ln π_t`` to it
-        (see ``old_logprobs_from_update``)."""
+        any parameter change, so that ``training_step`` takes ``ln π_t`` from it instead of a separate
+        no-grad pass (see ``old_logprobs_from_update``)."""
         objective, needs = self.objective, self.objective.needs
         return (self.old_logprobs_from_update and needs.head == "causal_lm"
                 and objective.inner_epochs == 1 and objective.num_minibatches == 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import math
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
@@ -24,16 +25,21 @@ from rlhf_lightning.imports import import_object
 
 Columns = Mapping[str, Sequence[Any]]
 RESERVED_COLUMNS = ("prompts", "responses", "group_size")  # argument names of the reward call itself
+RESERVED_PART_NAMES = ("raw", "shaped")  # reward/raw and reward/shaped are the rollout's own metrics
 
 
-def accepted_columns(fn: Callable, columns: Columns) -> dict[str, Sequence[Any]]:
-    """The columns ``fn`` takes: all of them when it has ``**kwargs``, else the ones it names."""
+def accepted_columns(fn: Callable, columns: Columns, skip: int = 2) -> dict[str, Sequence[Any]]:
+    """The columns ``fn`` takes after its first ``skip`` parameters (prompts, responses, ...): all of them when
+    it has ``**kwargs``, else the ones it names. A column named like one of those first parameters is left
+    out (it would clash with the argument itself)."""
     try:
-        parameters = inspect.signature(fn).parameters.values()
+        parameters = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
         return dict(columns)
+    positional = [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)][:skip]
+    columns = {key: value for key, value in columns.items() if key not in positional}
     if any(p.kind is p.VAR_KEYWORD for p in parameters):
-        return dict(columns)
+        return columns
     names = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     return {key: value for key, value in columns.items() if key in names}
 
@@ -161,6 +167,9 @@ class WeightedRewards(RewardSource):
             if isinstance(term.weight, bool) or not isinstance(term.weight, (int, float)) or not math.isfinite(term.weight):
                 errors.append(RecipeError(f"{self.field}[{index}].weight", f"must be a finite number, got {term.weight!r}"))
             name = term.name or term.source.name
+            if name in RESERVED_PART_NAMES:
+                errors.append(RecipeError(f"{self.field}[{index}].name", f"'{name}' is the name of another reward "
+                                          f"metric (reward/{name})", "give the source another name"))
             names.append(name if name not in names else f"{name}_{index}")
         raise_all(errors)
         self.terms = list(terms)
@@ -235,6 +244,18 @@ class _OneLogitClassifier:
             model.config.pad_token_id = self._tokenizer.pad_token_id
         self._model = model.to(device).eval().requires_grad_(False)
 
+    @contextmanager
+    def _chat_prompts_need_a_template(self):
+        """Chat-message prompts are rendered with this model's tokenizer: without a chat template, one clear error."""
+        try:
+            yield
+        except ValueError as error:
+            if "chat template" not in str(error):
+                raise
+            raise RecipeError("model.init_args.reward.init_args.path", f"the prompts are chat messages, but the "
+                              f"tokenizer of '{self.path}' has no chat template to render them",
+                              "use a reward model whose tokenizer has a chat template, or plain-text prompts") from None
+
     @torch.no_grad()
     def _logits(self, texts: Sequence[str]) -> torch.Tensor:
         """The first logit of each text, ``[N]`` float32 on the CPU."""
@@ -274,8 +295,9 @@ class RewardModel(_OneLogitClassifier, RewardSource):
         if self._model is None:
             self.setup(torch.device("cpu"))
         device = next(self._model.parameters()).device
-        rows = [(encode_prompt(self._tokenizer, p) + encode_response(self._tokenizer, r))[-self.max_length:]
-                for p, r in zip(prompts, responses)]
+        with self._chat_prompts_need_a_template():
+            rows = [(encode_prompt(self._tokenizer, p) + encode_response(self._tokenizer, r))[-self.max_length:]
+                    for p, r in zip(prompts, responses)]
         out = [torch.zeros(0)]
         for start in range(0, len(rows), self.batch_size):
             ids, mask = pad_rows(rows[start:start + self.batch_size], self._tokenizer.pad_token_id, "right")
@@ -306,6 +328,9 @@ class PreferenceSource(RewardSource):
         """``P(a ≻ b | x)`` for each triple, shape ``[N]``, values in ``[0, 1]``; ``columns`` are the prompt
         data's other columns, one value per triple (a source takes those it names)."""
 
+    def missing_columns(self, available: Sequence[str]) -> list[str]:
+        return [name for name in required_columns(self.preference, skip=3) if name not in available]
+
     def _needs_groups(self, asked: str) -> RecipeError:
         return RecipeError(
             "model.init_args.reward",
@@ -331,7 +356,7 @@ class PreferenceSource(RewardSource):
         a, b = rows_a.tolist(), rows_b.tolist()
         pair_columns = {name: [values[i] for i in a] for name, values in columns.items()}
         p = self.preference([prompts[i] for i in a], [responses[i] for i in a], [responses[i] for i in b],
-                            **accepted_columns(self.preference, pair_columns))
+                            **accepted_columns(self.preference, pair_columns, skip=3))
         p = torch.as_tensor(p, dtype=torch.float32).detach().cpu().reshape(-1)
         if p.shape[0] != rows_a.shape[0]:
             raise ValueError(f"{type(self).__name__}.preference returned {p.shape[0]} values for "
@@ -374,7 +399,7 @@ class FunctionPreference(PreferenceSource):
         return [name for name in required_columns(self._fn, skip=3) if name not in available]
 
     def _call(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str], columns: Columns) -> torch.Tensor:
-        values = self._fn(list(prompts), list(a), list(b), **accepted_columns(self._fn, columns))
+        values = self._fn(list(prompts), list(a), list(b), **accepted_columns(self._fn, columns, skip=3))
         values = torch.as_tensor(values, dtype=torch.float32).reshape(-1)
         if values.shape[0] != len(a) or not bool(((values >= 0) & (values <= 1)).all()):
             raise ValueError(f"preference function '{self.function}' must return {len(a)} probabilities in "
@@ -433,6 +458,12 @@ class PreferenceModel(_OneLogitClassifier, PreferenceSource):
 
     def preference(self, prompts: Sequence[str], responses_a: Sequence[str],
                    responses_b: Sequence[str]) -> torch.Tensor:
+        from rlhf_lightning.data.encoding import prompt_text
+
+        if self._model is None:
+            self.setup(torch.device("cpu"))
+        with self._chat_prompts_need_a_template():
+            prompts = [prompt_text(self._tokenizer, x) for x in prompts]
         forward = [self.format(x, a, b) for x, a, b in zip(prompts, responses_a, responses_b)]
         backward = [self.format(x, b, a) for x, a, b in zip(prompts, responses_a, responses_b)]
         logits = self._logits(forward + backward)  # [2N]

@@ -86,7 +86,7 @@ class RecordingGenerator(HFGenerator):
         super().__init__(record_sampler_logprobs=True, share_prefill_from=share_prefill_from)
         self.generations = []
 
-    def generate(self, model, input_ids, attention_mask, params):
-        generation = super().generate(model, input_ids, attention_mask, params)
+    def generate(self, model, input_ids, attention_mask, params, use_reference=False):
+        generation = super().generate(model, input_ids, attention_mask, params, use_reference)
         self.generations.append(generation)
         return generation

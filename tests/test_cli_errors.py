@@ -104,6 +104,20 @@ RECIPE_CASES = {
         lambda r: (_set(r, "model.init_args.objective.init_args.pairs", "dataset"),
                    _set(r, "data.init_args.reference_column", None)),
         "data.init_args.reference_column:", "pairs samples with data set responses"),
+    "evaluation without held-out prompts": (
+        lambda r: _set(r, "trainer.callbacks", [{"class_path": "rlhf_lightning.callbacks.WinRateEvaluation"}]),
+        "data.init_args.test_file:", "evaluation needs the 'test' split"),
+    "evaluation judge asks for a missing column": (
+        lambda r: (_set(r, "trainer.callbacks", [{"class_path": "rlhf_lightning.callbacks.WinRateEvaluation",
+                                                   "init_args": {"judge": {
+                                                       "class_path": "rlhf_lightning.rewards.FunctionReward",
+                                                       "init_args": {"function": "tiny.answer_reward"}}}}]),
+                   _set(r, "data.init_args.test_file", r["data"]["init_args"]["train_file"])),
+        "trainer.callbacks[WinRateEvaluation].init_args.judge:", "data column 'answer'"),
+    "evaluation max_new_tokens 0": (
+        lambda r: _set(r, "trainer.callbacks", [{"class_path": "rlhf_lightning.callbacks.WinRateEvaluation",
+                                                  "init_args": {"max_new_tokens": 0}}]),
+        "trainer.callbacks[WinRateEvaluation].init_args.max_new_tokens:", "must be ≥ 1"),
     "bad reward weight": (lambda r: _set(r, "model.init_args.reward", [
         {"source": r["model"]["init_args"]["reward"], "weight": float("inf")}]),
         "model.init_args.reward[0].weight:", "finite number"),

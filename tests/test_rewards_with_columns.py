@@ -149,3 +149,29 @@ def test_a_sum_with_a_preference_source_is_not_a_pointwise_judge():
     assert is_pointwise(pointwise) and is_pointwise(WeightedRewards([RewardTerm(pointwise)]))
     assert not is_pointwise(preference)
     assert not is_pointwise(WeightedRewards([RewardTerm(pointwise), RewardTerm(preference, weight=0.5)]))
+
+
+def singular(prompt, response, answer):
+    """Parameters named like columns of the data (a ``response`` column exists): no clash."""
+    return [float(r == a) for r, a in zip(response, answer)]
+
+
+def test_a_column_named_like_the_functions_own_parameter_does_not_clash():
+    source = FunctionReward("test_rewards_with_columns.singular")
+    scores = source.score_terms(["p", "q"], ["cat", "dog"], 1, response=["x", "y"], answer=["cat", "cat"])[0]
+    assert scores.tolist() == [1.0, 0.0]
+    assert source.missing_columns(["response"]) == ["answer"]
+
+
+def test_reward_part_names_must_not_hide_the_rollouts_own_metrics():
+    with pytest.raises(RecipeError, match=r"reward\[0\]\.name.*reward/raw"):
+        WeightedRewards([RewardTerm(FunctionReward("test_rewards_with_columns.correct"), name="raw")])
+
+
+def test_chat_prompts_and_a_reward_model_without_a_chat_template_are_a_recipe_error(tiny_model):
+    from rlhf_lightning.rewards import RewardModel
+
+    reward = RewardModel(str(tiny_model))
+    with pytest.raises(RecipeError, match="no chat template"):
+        reward.score([[{"role": "user", "content": "say : cat"}]], ["good"])
+    assert reward.score(["say : cat"], ["good"]).shape[0] == 1  # text prompts still score

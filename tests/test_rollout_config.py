@@ -103,3 +103,15 @@ def test_callbacks_refuse_a_module_that_is_not_an_rlhf_module(callback):
 
     with pytest.raises(RecipeError, match="RLHFModule"):
         callback.setup(None, LightningModule(), "fit")
+
+
+def test_a_cut_sampling_distribution_is_named_in_a_warning():
+    with pytest.warns(UserWarning, match="off-policy"):
+        Rollout(top_p=0.9)
+    with pytest.warns(UserWarning, match="off-policy"):
+        Rollout(top_k=20)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Rollout()  # the defaults sample exactly from the policy

@@ -27,6 +27,16 @@ def encode_prompt(tokenizer, prompt: Union[str, Messages]) -> list[int]:
     return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 
 
+def prompt_text(tokenizer, prompt: Union[str, Messages]) -> str:
+    """A prompt as text: itself, or chat messages rendered by the tokenizer's chat template (with the
+    generation prompt), for models that read text."""
+    if isinstance(prompt, str):
+        return prompt
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("the prompt is a list of chat messages, but the tokenizer has no chat template")
+    return tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=False)
+
+
 def response_text(response: Union[str, dict, Messages]) -> str:
     """The text of a response given as a string, a message ``{"role", "content"}`` or a list ending in one."""
     if isinstance(response, str):

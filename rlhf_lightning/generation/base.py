@@ -5,11 +5,12 @@ Rollouts and evaluation both generate through one :class:`Generator` (picked in 
 Face ``generate``, is the default). An engine:
 
 1. samples each token from ``softmax(logits / T)`` restricted only by the recipe's top-k / top-p
-   (:class:`SamplingParams`), so that the log-probs the policy recomputes describe the sampler;
+   (:class:`SamplingParams`): with top-k 0 and top-p 1 (the rollout's defaults) the log-probs the policy
+   recomputes describe the sampler exactly; a cut makes the samples slightly off-policy;
 2. draws ``num_samples`` responses per prompt (an engine may share the prompt's prefill among them) and
    stops a row at the first token of the EOS set (:func:`~rlhf_lightning.generation.eos.eos_token_ids`)
    and returns a :class:`Generation`: the response block, its mask and which rows ended;
-3. is told after every optimizer step (:meth:`Generator.sync_weights`) that the policy has changed.
+3. is told after each rollout batch's optimizer steps (:meth:`Generator.sync_weights`) that the policy changed.
 
 **Plugging in a vLLM- or SGLang-style engine** is one more file: subclass :class:`Generator`, start the
 engine in :meth:`~Generator.setup` (it gets the tokenizer, the policy and the EOS set), turn the
@@ -107,10 +108,15 @@ class Generator(ABC):
         self.pad_token_id = tokenizer.pad_token_id
 
     @abstractmethod
-    def generate(self, model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
-                 params: SamplingParams) -> Generation:
+    def generate(self, model: nn.Module, input_ids: Tensor, attention_mask: Tensor, params: SamplingParams,
+                 use_reference: bool = False) -> Generation:
         """Sample ``params.num_samples`` responses per row of the left-padded prompts ``input_ids`` ``[B, P]``
-        from ``model``, returned as ``B·k`` rows (the samples of a prompt consecutive)."""
+        from ``model``, returned as ``B·k`` rows (the samples of a prompt consecutive).
+
+        ``use_reference``: sample from the frozen reference (evaluation's start-policy responses); ``model`` is
+        then the reference (under LoRA: the policy with its adapter disabled). An engine with its own copy of
+        the weights must sample from the reference weights, not from the policy's."""
 
     def sync_weights(self, policy: nn.Module) -> None:
-        """The policy's weights changed (after an optimizer step); an engine with its own copy reloads them."""
+        """The policy's weights changed (after a rollout batch's optimizer steps, before the next generation);
+        an engine with its own copy reloads them."""

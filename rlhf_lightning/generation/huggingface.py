@@ -54,10 +54,10 @@ class HFGenerator(Generator):
     With ``num_samples = k > 1`` and prompts at least ``share_prefill_from`` tokens wide, the prompts'
     prefill runs once per prompt and its KV cache is copied to the ``k`` samples; shorter prompts are
     repeated ``k`` times and prefilled together. The samples are the policy's either way. Measured with
-    ``benchmarks/prefill_sharing.py`` (~30M-parameter Llama, 8 prompts, 24 new tokens, one CPU thread):
+    ``benchmarks/prefill_sharing.py`` (a 34M-parameter Llama, 8 prompts, 24 new tokens, one CPU thread):
     1.09× faster at 64 prompt tokens and k = 2, 1.35× at k = 4, 1.29× / 1.82× at 256 tokens; at 16
-    tokens the gain is within noise, hence the default of 64 (which also keeps the embedded task's
-    prompts, at most 64 tokens wide, on the repeated path).
+    tokens the gain is within noise, hence the default of 64 (the embedded task's prompts, about 20
+    tokens, stay on the repeated path).
 
     Args:
         record_sampler_logprobs: also return the sampler's own ``ln p`` of each sampled token
@@ -116,18 +116,21 @@ class HFGenerator(Generator):
     @staticmethod
     def _shared_prefill(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, k: int):
         """The KV cache of every prompt token but the last, computed once per prompt and repeated for its
-        ``k`` samples (``generate`` then starts from the last prompt token)."""
+        ``k`` samples (``generate`` then starts from the last prompt token); ``None`` when the model's cache
+        cannot be repeated (the prompts are then repeated and prefilled ``k`` times)."""
         from rlhf_lightning.logprobs import position_ids_from_mask
 
         out = model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
                     position_ids=position_ids_from_mask(attention_mask[:, :-1]), use_cache=True)
-        cache = getattr(out, CACHE_ARGUMENT)
+        cache = getattr(out, CACHE_ARGUMENT, None)
+        if not hasattr(cache, "batch_repeat_interleave"):  # a legacy or recurrent cache: repeat the prompts instead
+            return None
         cache.batch_repeat_interleave(k)
         return cache
 
     @torch.no_grad()
-    def generate(self, model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
-                 params: SamplingParams) -> Generation:
+    def generate(self, model: nn.Module, input_ids: Tensor, attention_mask: Tensor, params: SamplingParams,
+                 use_reference: bool = False) -> Generation:
         if not self.eos_ids:
             raise RuntimeError("HFGenerator.setup(tokenizer, policy) must run before generate (RLHFModule does)")
         config = self.generation_config(params)

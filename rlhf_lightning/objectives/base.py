@@ -103,6 +103,12 @@ class Objective(nn.Module, ABC):
                             f"reads; declare them once instead: needs = Needs({declared}) "
                             "(from rlhf_lightning.objectives import Needs)")
 
+    def __setattr__(self, name: str, value) -> None:
+        if name in _OLD_FLAGS:  # set in __init__, as objectives used to: it would be ignored silently
+            raise TypeError(f"{type(self).__name__} sets self.{name}, which the module no longer reads; write "
+                            f"self.needs = dataclasses.replace(self.needs, {_OLD_FLAGS[name]}=...) instead")
+        super().__setattr__(name, value)
+
     def __init__(self, inner_epochs: int = 1, num_minibatches: int = 1,
                  problems: Sequence[RecipeError] = ()) -> None:
         """``problems``: a subclass's own argument errors, reported together with these in one error."""

@@ -37,3 +37,16 @@ def test_an_old_style_flag_is_an_error_that_says_what_to_write():
 
             def loss(self, logprobs, rollout):
                 return logprobs.sum(), {}
+
+
+def test_an_old_style_flag_set_in_init_is_an_error_too():
+    class OldInit(Objective):
+        def __init__(self):
+            super().__init__()
+            self.samples_per_prompt = 4  # what objectives used to do per instance
+
+        def loss(self, logprobs, rollout):
+            return logprobs.sum(), {}
+
+    with pytest.raises(TypeError, match=r"self.needs = dataclasses.replace\(self.needs, samples_per_prompt=\.\.\.\)"):
+        OldInit()
