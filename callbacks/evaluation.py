@@ -88,8 +88,11 @@ class WinRateEvaluation(Callback):
         splits = [self.split] + (["validation"] if self.every_n_rollouts and "validation" in
                                  getattr(trainer.datamodule, "splits", {}) else [])
         for split in splits:
-            rows = trainer.datamodule.eval_rows(split, 1)  # a RecipeError naming the data field when missing
+            rows = trainer.datamodule.eval_rows(split, self.num_prompts)  # a RecipeError naming the field if missing
             available = list(rows[0].get("columns", {})) if rows else []
+            if rows and all("input_ids" in row for row in rows):
+                pl_module.require_context(max(len(row["input_ids"]) for row in rows), self.max_new_tokens,
+                                        f"{FIELD}.max_new_tokens")
             for key, source in ((f"{FIELD}.judge", self.judge), ("model.init_args.reward", pl_module.reward)):
                 missing = source.missing_columns(available) if source is not None and is_pointwise(source) else []
                 if missing:

@@ -101,6 +101,10 @@ class Rollout(Callback):
                               "set rollout.init_args.kl_coef: 0 (and target_kl: null); the objective's own KL "
                               "weight (e.g. GRPO's beta) regularises it")
         datamodule = trainer.datamodule
+        prompts = [row["input_ids"] for row in getattr(datamodule, "splits", {}).get("train", [])
+                   if isinstance(row, dict) and "input_ids" in row]
+        if prompts:  # prompt + response must fit the model (else a raw IndexError, a device assert on a GPU)
+            module.require_context(max(map(len, prompts)), self.sampling.max_new_tokens, f"{FIELD}.max_new_tokens")
         names_no_response = hasattr(datamodule, "reference_column") and datamodule.reference_column is None
         if needs.dataset_responses_per_prompt and names_no_response:
             raise RecipeError("data.init_args.reference_column",

@@ -125,6 +125,49 @@ def load_tokenizer(path: str, field: str, trust_remote_code: bool = False,
     return tokenizer
 
 
+def load_model_config(config: "ModelConfig", field: str):
+    """The checkpoint's ``config.json`` only (no weights): for checks before anything heavy loads."""
+    from transformers import AutoConfig
+
+    check_model_path(config.path, f"{field}.path")
+    try:
+        return AutoConfig.from_pretrained(config.path, trust_remote_code=config.trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise RecipeError(f"{field}.path", f"cannot read the model config of '{config.path}': {_first_line(error)}",
+                          "check that the directory holds a saved model") from None
+
+
+def context_length(model_config) -> Optional[int]:
+    """The most positions the model takes (``max_position_embeddings``, ``n_positions``, ...), if it says."""
+    text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(text_config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def tokenizer_problems(tokenizer, model_config, field: str) -> list[RecipeError]:
+    """A tokenizer with more tokens than the model has embedding rows is an error (an IndexError later);
+    one with far fewer (under 90 %) is almost surely another model's tokenizer (a warning)."""
+    text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    rows, tokens = getattr(text_config, "vocab_size", None), len(tokenizer)
+    if not isinstance(rows, int):
+        return []
+    if tokens > rows:
+        return [RecipeError(field, f"the tokenizer has {tokens} tokens but the model only {rows} embedding rows",
+                            "use the model's own tokenizer (or resize the model's embeddings before training)")]
+    if tokens < 0.9 * rows:
+        warnings.warn(f"{field}: the tokenizer has {tokens} tokens for a model with {rows} embedding rows; is it the "
+                      "model's own tokenizer?", stacklevel=2)
+    return []
+
+
+def same_tokenizer(a, b) -> bool:
+    """Whether two tokenizers encode alike: the same vocabulary and the same EOS."""
+    return a.get_vocab() == b.get_vocab() and a.eos_token_id == b.eos_token_id
+
+
 def _torch_dtype(name: DType) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 

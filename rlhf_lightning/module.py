@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import time
@@ -18,11 +19,12 @@ from torch import Tensor, nn
 
 from rlhf_lightning.batches import SequenceBatch
 from rlhf_lightning.critic import load_value_model, sequence_scores, token_values
-from rlhf_lightning.errors import RecipeError
+from rlhf_lightning.errors import RecipeError, raise_all
 from rlhf_lightning.generation import Generation, Generator, HFGenerator, SamplingParams
 from rlhf_lightning.logprobs import response_logprobs, sequence_nll
-from rlhf_lightning.models import (ModelConfig, disable_dropout, freeze, load_causal_lm, load_tokenizer,
-                                   save_hf_directory)
+from rlhf_lightning.models import (ModelConfig, context_length, disable_dropout, freeze, load_causal_lm,
+                                   load_model_config, load_tokenizer, same_tokenizer, save_hf_directory,
+                                   tokenizer_problems)
 from rlhf_lightning.objectives.base import Objective
 from rlhf_lightning.reference_cache import ReferenceCache
 from rlhf_lightning.rewards import RewardModel, RewardSource, RewardTerm, as_reward_source
@@ -44,6 +46,25 @@ def require_rlhf_module(pl_module: LightningModule, key: str) -> "RLHFModule":
         raise RecipeError(key, f"works on an rlhf_lightning.RLHFModule (or a subclass), got {type(pl_module).__name__}",
                           "set model.class_path to rlhf_lightning.RLHFModule or a subclass of it")
     return pl_module
+
+
+def optimisation_problems(lr: float, critic_lr: Optional[float], weight_decay: float, warmup_steps: int,
+                          max_grad_norm: Optional[float], micro_batch_size: Optional[int]) -> list[RecipeError]:
+    """One :class:`RecipeError` per optimisation setting out of range (non-finite numbers included)."""
+    def finite(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    checks = [("lr", finite(lr) and lr > 0, f"must be > 0 and finite, got {lr}", "e.g. 1e-5"),
+              ("critic_lr", critic_lr is None or (finite(critic_lr) and critic_lr > 0),
+               f"must be > 0 and finite, or null (= lr), got {critic_lr}", ""),
+              ("weight_decay", finite(weight_decay) and weight_decay >= 0,
+               f"must be ≥ 0 and finite, got {weight_decay}", "e.g. 0.0 or 0.01"),
+              ("warmup_steps", warmup_steps >= 0, f"must be ≥ 0, got {warmup_steps}", ""),
+              ("max_grad_norm", max_grad_norm is None or (finite(max_grad_norm) and max_grad_norm > 0),
+               f"must be > 0 and finite, or null (no clipping), got {max_grad_norm}", "e.g. 1.0"),
+              ("micro_batch_size", micro_batch_size is None or micro_batch_size >= 1,
+               f"must be ≥ 1 or null, got {micro_batch_size}", "")]
+    return [RecipeError(f"model.init_args.{key}", problem, fix) for key, ok, problem, fix in checks if not ok]
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -109,10 +130,9 @@ class RLHFModule(LightningModule):
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
-        if not lr > 0:
-            raise RecipeError("model.init_args.lr", f"must be > 0, got {lr}", "e.g. 1e-5")
-        if micro_batch_size is not None and micro_batch_size < 1:
-            raise RecipeError("model.init_args.micro_batch_size", f"must be ≥ 1, got {micro_batch_size}")
+        raise_all(optimisation_problems(lr=lr, critic_lr=critic_lr, weight_decay=weight_decay,
+                                        warmup_steps=warmup_steps, max_grad_norm=max_grad_norm,
+                                        micro_batch_size=micro_batch_size))
         group = objective.needs.samples_per_prompt
         if micro_batch_size is not None and micro_batch_size % group:
             raise RecipeError("model.init_args.micro_batch_size",
@@ -130,6 +150,7 @@ class RLHFModule(LightningModule):
         self.micro_batch_size = micro_batch_size
         self.precompute_reference, self.old_logprobs_from_update = precompute_reference, old_logprobs_from_update
         self._reference_cache: Optional[ReferenceCache] = None
+        self._context_needs: list[tuple[int, int, str]] = []  # (prompt tokens, new tokens, recipe field)
         self.policy: Optional[nn.Module] = None
         self.reference: Optional[nn.Module] = None
         self.critic: Optional[nn.Module] = None
@@ -152,8 +173,8 @@ class RLHFModule(LightningModule):
         if needs.rollout:
             self._setup_reward()
         field = "model.init_args.policy"
-        self.tokenizer = load_tokenizer(self.policy_config.tokenizer or self.policy_config.path,
-                                        f"{field}.path", self.policy_config.trust_remote_code)
+        if self.tokenizer is None:
+            self.tokenizer = self._policy_tokenizer()
         if needs.head == "scalar":  # a reward model: one output on the last token
             policy = load_value_model(self.policy_config, field)
             if policy.config.pad_token_id is None:
@@ -174,6 +195,47 @@ class RLHFModule(LightningModule):
             self.critic.train()
         if needs.head == "causal_lm":
             self.generator.setup(self.tokenizer, self.policy)
+
+    def _policy_tokenizer(self):
+        return load_tokenizer(self.policy_config.tokenizer or self.policy_config.path, "model.init_args.policy.path",
+                              self.policy_config.trust_remote_code)
+
+    def setup(self, stage: str) -> None:
+        """Checks before any weights load (the checkpoint's ``config.json`` and the tokenizers only): the
+        policy's tokenizer fits its embeddings, prompts + generated tokens fit its positions, and the data
+        module encodes with the same tokenizer."""
+        if self.policy is not None:
+            return
+        self.tokenizer = self._policy_tokenizer()
+        config = self.policy_model_config()
+        raise_all(tokenizer_problems(self.tokenizer, config, "model.init_args.policy.tokenizer"))
+        self._check_context()
+        data_tokenizer = getattr(self.trainer.datamodule, "tokenizer", None) if self._trainer else None
+        if data_tokenizer is not None and not same_tokenizer(data_tokenizer, self.tokenizer):
+            raise RecipeError("data.init_args.tokenizer", "the data module's tokenizer is not the policy's (another "
+                              "vocabulary or EOS): prompts would be encoded into tokens the policy reads differently",
+                              "set data.init_args.tokenizer to the policy's tokenizer (its path, or "
+                              "model.init_args.policy.tokenizer)")
+
+    def policy_model_config(self):
+        """The policy checkpoint's config (read once, without weights)."""
+        if getattr(self, "_policy_model_config", None) is None:
+            self._policy_model_config = load_model_config(self.policy_config, "model.init_args.policy")
+        return self._policy_model_config
+
+    def require_context(self, prompt_tokens: int, new_tokens: int, field: str) -> None:
+        """Prompts of ``prompt_tokens`` plus ``new_tokens`` generated ones must fit the policy's positions:
+        checked in :meth:`setup`, before any weights load (callbacks register what they will generate)."""
+        self._context_needs.append((prompt_tokens, new_tokens, field))
+
+    def _check_context(self) -> None:
+        limit = context_length(self.policy_model_config())
+        for prompt_tokens, new_tokens, field in self._context_needs:
+            if limit is not None and prompt_tokens + new_tokens > limit:
+                raise RecipeError(field, f"prompts of up to {prompt_tokens} tokens + {new_tokens} new tokens exceed "
+                                         f"the policy's {limit} positions",
+                                  f"lower it to {max(limit - prompt_tokens, 0)} or less, or the data's "
+                                  "max_prompt_length")
 
     def _setup_reward(self) -> None:
         """Set the reward sources up and check that the prompt data has every column they ask for."""

@@ -52,6 +52,14 @@ def tiny_recipe(model_dir: Path, data: dict, root: Path) -> dict:
     }
 
 
+def chat_model_dir(root: Path) -> Path:
+    """A tiny model with a ChatML-style tokenizer of 20 tokens (the tiny Llama has 15)."""
+    from tiny import make_chat_tokenizer
+
+    path = root / "chat_model"
+    return path if path.exists() else make_model_dir(path, tokenizer=make_chat_tokenizer())
+
+
 def expect_error(args: list[str], capsys) -> str:
     """Run ``main(args)``: it must exit with code 2 and one ``rlhf-lightning: error`` line, no traceback."""
     with pytest.raises(SystemExit) as exit_info:
@@ -118,6 +126,15 @@ RECIPE_CASES = {
         lambda r: _set(r, "trainer.callbacks", [{"class_path": "rlhf_lightning.callbacks.WinRateEvaluation",
                                                   "init_args": {"max_new_tokens": 0}}]),
         "trainer.callbacks[WinRateEvaluation].init_args.max_new_tokens:", "must be ≥ 1"),
+    "prompt + max_new_tokens over the model's positions": (
+        lambda r: _set(r, "rollout.init_args.max_new_tokens", 64), "rollout.init_args.max_new_tokens:",
+        "exceed the policy's 64 positions"),
+    "data tokenizer of another model": (
+        lambda r: _set(r, "data.init_args.tokenizer", r["_chat_model"]), "data.init_args.tokenizer:",
+        "not the policy's"),
+    "policy tokenizer larger than the embeddings": (
+        lambda r: _set(r, "model.init_args.policy.tokenizer", r["_chat_model"]),
+        "model.init_args.policy.tokenizer:", "embedding rows"),
     "bad reward weight": (lambda r: _set(r, "model.init_args.reward", [
         {"source": r["model"]["init_args"]["reward"], "weight": float("inf")}]),
         "model.init_args.reward[0].weight:", "finite number"),
@@ -137,6 +154,13 @@ RECIPE_CASES = {
     "missing required key": (lambda r: _set(r, "model.init_args.policy", {"dtype": "float32"}),
                              "model.init_args.policy.path:", "required"),
     "invalid value from __init__": (lambda r: _set(r, "model.init_args.lr", -1.0), "model.init_args.lr:", "must be > 0"),
+    "infinite lr": (lambda r: _set(r, "model.init_args.lr", float("inf")), "model.init_args.lr:", "finite"),
+    "negative warmup": (lambda r: _set(r, "model.init_args.warmup_steps", -3), "model.init_args.warmup_steps:",
+                        "must be ≥ 0"),
+    "negative weight decay": (lambda r: _set(r, "model.init_args.weight_decay", -0.1), "model.init_args.weight_decay:",
+                              "must be ≥ 0"),
+    "zero max_grad_norm": (lambda r: _set(r, "model.init_args.max_grad_norm", 0.0), "model.init_args.max_grad_norm:",
+                           "or null (no clipping)"),
 }
 
 
@@ -144,7 +168,9 @@ RECIPE_CASES = {
 def test_bad_recipe_file(case, tiny_model, tiny_data, tmp_path, capsys):
     change, key, text = RECIPE_CASES[case]
     recipe = copy.deepcopy(tiny_recipe(tiny_model, tiny_data, tmp_path))
+    recipe["_chat_model"] = str(chat_model_dir(tmp_path))  # a model of another family (cases that need one)
     change(recipe)
+    del recipe["_chat_model"]
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     message = expect_error(["run", str(path)], capsys)
