@@ -22,7 +22,8 @@ def load_value_model(config: ModelConfig, field: str) -> nn.Module:
     check_model_path(config.path, f"{field}.path")
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            config.path, num_labels=1, dtype=_torch_dtype(config.dtype), trust_remote_code=config.trust_remote_code)
+            config.path, num_labels=1, dtype=_torch_dtype(config.dtype), trust_remote_code=config.trust_remote_code,
+            revision=config.revision)
     except (OSError, ValueError) as error:
         raise RecipeError(f"{field}.path", f"cannot load a value model from '{config.path}': {error}",
                           "point it at a reward model or causal-LM directory") from None

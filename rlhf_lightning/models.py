@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,9 @@ class ModelConfig:
     """Where a causal LM comes from and how it is trained.
 
     Args:
-        path: a local directory written by ``save_pretrained`` (or a hub id already in the local cache).
+        path: a local directory written by ``save_pretrained``, or a hub id (``org/name``) that
+            ``from_pretrained`` resolves through the Hugging Face cache (downloading it when online).
+        revision: the hub revision (branch, tag or commit) of a hub id; ``null`` = the default branch.
         dtype: weight dtype when loading.
         lora: train a LoRA adapter instead of all weights (set to ``{}`` for defaults).
         load_in_4bit: QLoRA: load the base weights in 4-bit NF4 with bitsandbytes (needs a GPU and ``lora``).
@@ -48,6 +51,7 @@ class ModelConfig:
     """
 
     path: str
+    revision: Optional[str] = None
     dtype: DType = "float32"
     lora: Optional[LoraSettings] = None
     load_in_4bit: bool = False
@@ -74,8 +78,20 @@ def _first_line(error: Exception) -> str:
 _TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "config.json")
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")  # name or org/name
+HUB_FIX = ("if it is a hub id, check its spelling (and revision); offline (HF_HUB_OFFLINE=1) it must be in the "
+           "Hugging Face cache already (huggingface-cli download NAME)")
+
+
+def is_hub_id(path: str) -> bool:
+    """``name`` or ``org/name`` that is not a local path: resolved by ``from_pretrained`` (cache, revision,
+    ``HF_HUB_OFFLINE``)."""
+    return not Path(path).exists() and bool(_HUB_ID.match(path)) and not path.startswith(".")
+
+
 def check_model_path(path: str, field: str) -> None:
-    """A clear error when ``path`` is neither a model directory nor a locally cached hub id."""
+    """A clear error when ``path`` is neither a model directory nor something that can be a hub id
+    (``org/name``, resolved later by ``from_pretrained``)."""
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise RecipeError(field, f"'{path}' is a file, not a model directory",
@@ -85,16 +101,16 @@ def check_model_path(path: str, field: str) -> None:
             raise RecipeError(field, f"directory '{path}' has no config.json, so it is not a saved model",
                               "point it to a directory written by save_pretrained()")
         return
-    if _is_cached_hub_id(path):
+    if is_hub_id(path) or _is_cached_hub_id(path):
         return
     raise RecipeError(field, f"model path '{path}' does not exist",
-                      "give a local directory written by save_pretrained() (e.g. a downloaded Pythia "
-                      "checkpoint); nothing is downloaded at run time")
+                      "give a local directory written by save_pretrained() or a hub id such as "
+                      "EleutherAI/pythia-410m (downloaded into the Hugging Face cache when online)")
 
 
 def load_tokenizer(path: str, field: str, trust_remote_code: bool = False,
-                   padding_side: str = "left"):
-    """Load a tokenizer; a missing pad token is set to EOS with a warning."""
+                   padding_side: str = "left", revision: Optional[str] = None):
+    """Load a tokenizer (a directory or a hub id); a missing pad token is set to EOS with a warning."""
     from transformers import AutoTokenizer
 
     p = Path(path)
@@ -105,15 +121,15 @@ def load_tokenizer(path: str, field: str, trust_remote_code: bool = False,
     elif p.exists():
         raise RecipeError(field, f"'{path}' is a file, not a model or tokenizer directory",
                           "point it to a directory written by save_pretrained()")
-    elif not any(_is_cached_hub_id(path, name) for name in _TOKENIZER_FILES[:2]):
+    elif not is_hub_id(path) and not any(_is_cached_hub_id(path, name) for name in _TOKENIZER_FILES[:2]):
         raise RecipeError(field, f"path '{path}' does not exist",
-                          "give a local directory written by save_pretrained() (e.g. a downloaded Pythia "
-                          "checkpoint); nothing is downloaded at run time")
+                          "give a local directory written by save_pretrained() or a hub id such as "
+                          "EleutherAI/pythia-410m (downloaded into the Hugging Face cache when online)")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
     except (OSError, ValueError) as error:
-        raise RecipeError(field, f"cannot load a tokenizer from '{path}': {_first_line(error)}",
-                          "save the tokenizer with the model or set the tokenizer path") from None
+        fix = HUB_FIX if is_hub_id(path) else "save the tokenizer with the model or set the tokenizer path"
+        raise RecipeError(field, f"cannot load a tokenizer from '{path}': {_first_line(error)}", fix) from None
     if tokenizer.eos_token_id is None:
         raise RecipeError(field, f"the tokenizer at '{path}' has no EOS token",
                           "set eos_token in its tokenizer_config.json; responses end at EOS")
@@ -131,10 +147,12 @@ def load_model_config(config: "ModelConfig", field: str):
 
     check_model_path(config.path, f"{field}.path")
     try:
-        return AutoConfig.from_pretrained(config.path, trust_remote_code=config.trust_remote_code)
+        return AutoConfig.from_pretrained(config.path, trust_remote_code=config.trust_remote_code,
+                                          revision=config.revision)
     except (OSError, ValueError) as error:
+        fix = HUB_FIX if is_hub_id(config.path) else "check that the directory holds a saved model"
         raise RecipeError(f"{field}.path", f"cannot read the model config of '{config.path}': {_first_line(error)}",
-                          "check that the directory holds a saved model") from None
+                          fix) from None
 
 
 def context_length(model_config) -> Optional[int]:
@@ -177,7 +195,8 @@ def load_causal_lm(config: ModelConfig, field: str) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
     check_model_path(config.path, f"{field}.path")
-    kwargs: dict = dict(trust_remote_code=config.trust_remote_code, dtype=_torch_dtype(config.dtype))
+    kwargs: dict = dict(trust_remote_code=config.trust_remote_code, dtype=_torch_dtype(config.dtype),
+                        revision=config.revision)
     if config.load_in_4bit:
         if config.lora is None:
             raise RecipeError(f"{field}.load_in_4bit", "4-bit weights cannot be trained directly",
@@ -194,8 +213,9 @@ def load_causal_lm(config: ModelConfig, field: str) -> nn.Module:
     try:
         model = AutoModelForCausalLM.from_pretrained(config.path, **kwargs)
     except (OSError, ValueError) as error:
+        fix = HUB_FIX if is_hub_id(config.path) else "check that the directory holds a causal language model"
         raise RecipeError(f"{field}.path", f"cannot load a causal LM from '{config.path}': {_first_line(error)}",
-                          "check that the directory holds a causal language model") from None
+                          fix) from None
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if config.lora is not None:

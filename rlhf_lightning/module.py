@@ -186,7 +186,7 @@ class RLHFModule(LightningModule):
         wants_reference = needs.reference or self.reference_for_evaluation
         if wants_reference and needs.head == "causal_lm" and not self._reference_is_disabled_adapter:
             ref_config = self.reference_config or ModelConfig(
-                path=self.policy_config.path, dtype=self.policy_config.dtype,
+                path=self.policy_config.path, revision=self.policy_config.revision, dtype=self.policy_config.dtype,
                 trust_remote_code=self.policy_config.trust_remote_code)
             self.reference = freeze(load_causal_lm(ref_config, "model.init_args.reference"))
         if needs.critic:
@@ -197,8 +197,10 @@ class RLHFModule(LightningModule):
             self.generator.setup(self.tokenizer, self.policy)
 
     def _policy_tokenizer(self):
-        return load_tokenizer(self.policy_config.tokenizer or self.policy_config.path, "model.init_args.policy.path",
-                              self.policy_config.trust_remote_code)
+        config = self.policy_config
+        own = config.tokenizer is None  # the tokenizer stored with the policy: same hub revision
+        return load_tokenizer(config.tokenizer or config.path, "model.init_args.policy.path", config.trust_remote_code,
+                              revision=config.revision if own else None)
 
     def setup(self, stage: str) -> None:
         """Checks before any weights load (the checkpoint's ``config.json`` and the tokenizers only): the

@@ -115,3 +115,21 @@ def test_a_cut_sampling_distribution_is_named_in_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Rollout()  # the defaults sample exactly from the policy
+
+
+def test_the_data_tokenizer_defaults_to_the_policys(tiny_model, tiny_data, tmp_path):
+    from runs import run_cli, tiny_run_args, without_evaluation
+
+    args = without_evaluation(tiny_run_args(tiny_model, tiny_data, tmp_path, batches=1))
+    at = args.index("--data.tokenizer")
+    cli = run_cli(args[:at] + args[at + 2:])
+    assert cli.datamodule.tokenizer_path is None
+    assert cli.datamodule.tokenizer.get_vocab() == cli.model.tokenizer.get_vocab()
+
+
+def test_a_data_module_alone_needs_its_tokenizer_named(tiny_data):
+    from rlhf_lightning.data import PromptDataModule
+    from rlhf_lightning.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="data.init_args.tokenizer"):
+        PromptDataModule(train_file=str(tiny_data["train"])).setup("fit")

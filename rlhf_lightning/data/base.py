@@ -15,6 +15,22 @@ from rlhf_lightning.errors import RecipeError
 OnBadRow = Literal["skip", "error"]
 
 
+def data_tokenizer(datamodule, path: Optional[str]):
+    """A data module's tokenizer: ``path``, or the policy's (``model.init_args.policy.tokenizer``, else its
+    ``path``) when ``path`` is not set, so that a recipe names the tokenizer once."""
+    from rlhf_lightning.models import load_tokenizer
+
+    if path is not None:
+        return load_tokenizer(path, "data.init_args.tokenizer")
+    trainer = getattr(datamodule, "trainer", None)
+    policy = getattr(getattr(trainer, "lightning_module", None), "policy_config", None)
+    if policy is None:
+        raise RecipeError("data.init_args.tokenizer", "is not set, and there is no policy to take the tokenizer from",
+                          "set data.init_args.tokenizer to the tokenizer's directory or hub id")
+    return load_tokenizer(policy.tokenizer or policy.path, "model.init_args.policy.path", policy.trust_remote_code,
+                          revision=policy.revision if policy.tokenizer is None else None)
+
+
 def run_seed(seed: Optional[int]) -> int:
     """``seed``, or the run's ``seed_everything`` (Lightning exports it as ``PL_GLOBAL_SEED``) when None,
     so that ``--seed_everything N`` also changes the data order."""

@@ -18,12 +18,11 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from rlhf_lightning.batches import SequenceBatch
-from rlhf_lightning.data.base import BadRows, OnBadRow, Records, ResumableTrainLoader, run_seed
+from rlhf_lightning.data.base import BadRows, OnBadRow, Records, ResumableTrainLoader, data_tokenizer, run_seed
 from rlhf_lightning.data.encoding import (collate_prompt_rows, encode_prompt, encode_response, other_columns,
                                           pad_prompt_response, pad_rows, response_text)
 from rlhf_lightning.data.files import read_records, require_columns
 from rlhf_lightning.errors import RecipeError
-from rlhf_lightning.models import load_tokenizer
 
 
 class OfflineDataModule(ResumableTrainLoader, LightningDataModule):
@@ -31,7 +30,7 @@ class OfflineDataModule(ResumableTrainLoader, LightningDataModule):
 
     Args:
         train_file: training data (.jsonl/.json/.parquet or a ``save_to_disk`` directory).
-        tokenizer: tokenizer directory (usually the policy's).
+        tokenizer: tokenizer directory or hub id (default: the policy's, ``model.init_args.policy``).
         validation_file: held-out rows of the same kind (validation loss and metrics, e.g. RM accuracy).
         eval_prompt_file: held-out prompts (with ``reference_column``) for ``WinRateEvaluation``.
         prompt_column: column with the prompt (text, or a list of chat messages).
@@ -46,7 +45,7 @@ class OfflineDataModule(ResumableTrainLoader, LightningDataModule):
 
     response_columns: tuple[str, ...] = ()
 
-    def __init__(self, train_file: str, tokenizer: str, validation_file: Optional[str] = None,
+    def __init__(self, train_file: str, tokenizer: Optional[str] = None, validation_file: Optional[str] = None,
                  eval_prompt_file: Optional[str] = None, prompt_column: str = "prompt",
                  reference_column: str = "reference", batch_size: int = 16, max_prompt_length: int = 512,
                  max_response_length: int = 512, on_bad_row: OnBadRow = "skip", shuffle: bool = True,
@@ -132,7 +131,7 @@ class OfflineDataModule(ResumableTrainLoader, LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         if self.splits:
             return
-        self.tokenizer = load_tokenizer(self.tokenizer_path, "data.init_args.tokenizer")
+        self.tokenizer = data_tokenizer(self, self.tokenizer_path)
         self.splits["train"] = self._load_split("train", self.train_file)
         if self.validation_file:
             self.splits["validation"] = self._load_split("validation", self.validation_file)
@@ -219,7 +218,7 @@ class SFTDataModule(OfflineDataModule):
 
     response_columns = ("response",)
 
-    def __init__(self, train_file: str, tokenizer: str, response_column: str = "response",
+    def __init__(self, train_file: str, tokenizer: Optional[str] = None, response_column: str = "response",
                  messages_column: Optional[str] = None, packing: bool = False, max_length: int = 512,
                  **kwargs: Any) -> None:
         super().__init__(train_file, tokenizer, **kwargs)
@@ -302,7 +301,7 @@ class PreferenceDataModule(OfflineDataModule):
 
     response_columns = ("chosen", "rejected")
 
-    def __init__(self, train_file: str, tokenizer: str, chosen_column: str = "chosen",
+    def __init__(self, train_file: str, tokenizer: Optional[str] = None, chosen_column: str = "chosen",
                  rejected_column: str = "rejected", margin_column: Optional[str] = None, **kwargs: Any) -> None:
         super().__init__(train_file, tokenizer, **kwargs)
         self.chosen_column, self.rejected_column, self.margin_column = chosen_column, rejected_column, margin_column
@@ -345,7 +344,7 @@ class UnpairedDataModule(OfflineDataModule):
 
     response_columns = ("completion",)
 
-    def __init__(self, train_file: str, tokenizer: str, completion_column: str = "completion",
+    def __init__(self, train_file: str, tokenizer: Optional[str] = None, completion_column: str = "completion",
                  label_column: str = "label", **kwargs: Any) -> None:
         super().__init__(train_file, tokenizer, **kwargs)
         self.completion_column, self.label_column = completion_column, label_column

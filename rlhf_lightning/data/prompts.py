@@ -10,11 +10,10 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from rlhf_lightning.data.base import ResumableTrainLoader, run_seed
+from rlhf_lightning.data.base import ResumableTrainLoader, data_tokenizer, run_seed
 from rlhf_lightning.data.encoding import collate_prompt_rows, encode_prompt, other_columns, pad_rows
 from rlhf_lightning.data.files import read_records, require_columns
 from rlhf_lightning.errors import RecipeError
-from rlhf_lightning.models import load_tokenizer
 from rlhf_lightning.rewards import RESERVED_COLUMNS
 
 
@@ -57,7 +56,7 @@ class PromptDataModule(ResumableTrainLoader, LightningDataModule):
 
     Args:
         train_file: training prompts (.jsonl/.json/.parquet or a ``save_to_disk`` directory).
-        tokenizer: tokenizer directory (usually the policy's).
+        tokenizer: tokenizer directory or hub id (default: the policy's, ``model.init_args.policy``).
         validation_file: held-out prompts for periodic evaluation.
         test_file: held-out prompts for the final evaluation (win rates).
         prompt_column: column with the prompt (text, or a list of chat messages).
@@ -76,7 +75,7 @@ class PromptDataModule(ResumableTrainLoader, LightningDataModule):
         pretrain_batch_size: texts per training batch (default: ``batch_size``).
     """
 
-    def __init__(self, train_file: str, tokenizer: str, validation_file: Optional[str] = None,
+    def __init__(self, train_file: str, tokenizer: Optional[str] = None, validation_file: Optional[str] = None,
                  test_file: Optional[str] = None, prompt_column: str = "prompt",
                  reference_column: Optional[str] = "reference", batch_size: int = 32,
                  max_prompt_length: int = 512, on_long_prompt: Literal["error", "skip"] = "error",
@@ -111,7 +110,7 @@ class PromptDataModule(ResumableTrainLoader, LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        self.tokenizer = load_tokenizer(self.tokenizer_path, "data.init_args.tokenizer")
+        self.tokenizer = data_tokenizer(self, self.tokenizer_path)
         files = {"train": self.train_file, "validation": self.validation_file, "test": self.test_file}
         for split, path in files.items():
             if path is not None:
