@@ -238,8 +238,15 @@ class _OneLogitClassifier:
         self._tokenizer = load_tokenizer(self.path, field, trust_remote_code=self.trust_remote_code,
                                          padding_side="right")
         self._tokenizer.truncation_side = self.truncation_side
-        model = AutoModelForSequenceClassification.from_pretrained(
-            self.path, trust_remote_code=self.trust_remote_code, use_safetensors=None)
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                self.path, trust_remote_code=self.trust_remote_code, use_safetensors=None)
+        except (OSError, ValueError) as error:
+            from rlhf_lightning.models import HUB_FIX, is_hub_id
+
+            detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise RecipeError(field, f"cannot load a sequence-classification model from '{self.path}': {detail}",
+                              HUB_FIX if is_hub_id(self.path) else "point it at a reward-model directory") from None
         if model.config.pad_token_id is None:
             model.config.pad_token_id = self._tokenizer.pad_token_id
         self._model = model.to(device).eval().requires_grad_(False)

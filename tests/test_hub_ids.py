@@ -56,3 +56,12 @@ def test_a_hub_id_that_is_not_cached_offline_is_one_clear_error(tiny_data, tmp_p
     message = result.stderr[result.stderr.index("rlhf-lightning: error"):]
     assert message.startswith("rlhf-lightning: error in the recipe: model.init_args.policy.path:"), message
     assert "HF_HUB_OFFLINE" in message
+
+
+def test_a_reward_model_hub_id_that_is_not_cached_is_one_clear_error(tiny_model, tiny_data, tmp_path):
+    args = _args(str(tiny_model), tiny_data, tmp_path / "run", "--model.reward", "rlhf_lightning.rewards.RewardModel",
+                 "--model.reward.path", "tiny-org/no-reward-model")
+    result = _run(args, tmp_path / "hf", tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    message = result.stderr[result.stderr.index("rlhf-lightning: error"):]
+    assert message.startswith("rlhf-lightning: error in the recipe: model.init_args.reward.init_args.path:"), message
