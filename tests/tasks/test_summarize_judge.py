@@ -86,3 +86,17 @@ def test_hand_checked_score():
     assert gold_score(prompt, "Apple, banana: cherry. <eos>") == oracle
     assert gold_score("the apple and banana saw cherry", "apple banana cherry") == oracle
     assert math.isclose(oracle, 2.0 * math.tanh((-1.0 + 2.5 * (a + 0.98 * b + 0.96 * c) / (a + b + c) + 0.3) / 2.0))
+
+
+def test_the_gold_judge_refuses_prompts_that_are_not_the_tasks():
+    """On a user's data the gold judge's scores would mean nothing: a clear error instead."""
+    import pytest
+
+    from rlhf_lightning.errors import RecipeError
+    from rlhf_lightning.tasks.summarize import GoldPreference
+
+    for prompt in ("What is 2 + 2?", [{"role": "user", "content": "hi"}]):
+        with pytest.raises(RecipeError, match="gold judge scores the task's posts only"):
+            GoldJudge().score([prompt], ["4"])
+        with pytest.raises(RecipeError, match="gold judge scores the task's posts only"):
+            GoldPreference().preference([prompt], ["4"], ["5"])

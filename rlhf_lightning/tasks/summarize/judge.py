@@ -72,6 +72,18 @@ def gold_score(prompt: str, response: str) -> float:
     return 2.0 * math.tanh(raw_score(prompt, response) / 2.0)
 
 
+def require_task_prompts(prompts: Sequence[object]) -> None:
+    """The gold judge knows the embedded task's posts only: a prompt that is not one (no post nouns, or chat
+    messages) would get a meaningless score, so it is a recipe error instead."""
+    for index, prompt in enumerate(prompts):
+        if not isinstance(prompt, str) or not post_nouns(prompt):
+            shown = repr(prompt)[:80]
+            raise RecipeError("model.init_args.reward", f"the embedded task's gold judge scores the task's posts only, "
+                              f"but prompt {index} is not one ({shown}); its scores would mean nothing",
+                              "for your own data, use your own reward (e.g. rlhf_lightning.rewards.RewardModel or "
+                              "FunctionReward) as the reward and as the evaluation judge")
+
+
 class GoldJudge(RewardSource):
     """The task's gold reward: scores responses against the post's content nouns.
 
@@ -83,6 +95,7 @@ class GoldJudge(RewardSource):
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
         if len(prompts) != len(responses):
             raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
+        require_task_prompts(prompts)
         return torch.tensor([gold_score(p, r) for p, r in zip(prompts, responses)], dtype=torch.float32)
 
 
@@ -109,6 +122,7 @@ class GoldPreference(PreferenceSource):
                    responses_b: Sequence[str]) -> torch.Tensor:
         if not len(prompts) == len(responses_a) == len(responses_b):
             raise ValueError(f"got {len(prompts)} prompts, {len(responses_a)} and {len(responses_b)} responses")
+        require_task_prompts(prompts)
         diff = torch.tensor([gold_score(x, a) - gold_score(x, b)
                              for x, a, b in zip(prompts, responses_a, responses_b)], dtype=torch.float32)
         return torch.sigmoid(diff / self.temperature)
