@@ -243,14 +243,36 @@ def freeze(model: nn.Module) -> nn.Module:
 
 
 def save_hf_directory(model: nn.Module, tokenizer, directory: str | os.PathLike, merge_lora: bool = True) -> Path:
-    """Write ``model`` (LoRA merged when asked) and its tokenizer as a safetensors HF directory."""
+    """Write ``model`` and its tokenizer as a safetensors HF directory.
+
+    A LoRA model is written merged (``merge_lora``: a plain model directory, the adapter merged into the
+    weights in place and unmerged after saving, so no second copy of the model is made) or as the adapter
+    alone, whose ``base_model_name_or_path`` is made absolute (or kept as a hub id) so that ``peft`` loads it
+    from any working directory.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    to_save = model
-    if merge_lora and hasattr(model, "merge_and_unload"):
-        import copy
-
-        to_save = copy.deepcopy(model).merge_and_unload()
-    to_save.save_pretrained(directory, safe_serialization=True)
+    if not hasattr(model, "peft_config"):
+        model.save_pretrained(directory, safe_serialization=True)
+    elif merge_lora:
+        _save_merged(model, directory)
+    else:
+        for config in model.peft_config.values():
+            base = config.base_model_name_or_path
+            if base and Path(base).exists():
+                config.base_model_name_or_path = str(Path(base).resolve())
+        model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def _save_merged(model: nn.Module, directory: Path) -> None:
+    """The base model with the adapter merged, saved under the base model's own parameter names."""
+    model.merge_adapter()
+    try:
+        base = model.get_base_model()
+        state = {key.replace(".base_layer.", "."): value for key, value in base.state_dict().items()
+                 if "lora_" not in key}
+        base.save_pretrained(directory, state_dict=state, safe_serialization=True)
+    finally:
+        model.unmerge_adapter()

@@ -591,10 +591,18 @@ class RLHFModule(LightningModule):
         return save_hf_directory(self.policy, self.tokenizer, directory, merge_lora=merge_lora)
 
     # ------------------------------------------------------------------ checkpoints
+    def _reloaded_from_path(self) -> set[str]:
+        """State keys that a checkpoint leaves out because loading the model gives them back: the frozen
+        reference copy, and the frozen base weights under LoRA (only the adapter and the optimizer state are
+        stored)."""
+        keys = {key for key in self.state_dict() if key.startswith("reference.")}
+        frozen = self.named_parameters(remove_duplicate=False)  # tied weights (lm_head = embeddings) under each name
+        return keys | {name for name, parameter in frozen if not parameter.requires_grad}
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("state_dict", {})
-        for key in [k for k in state if k.startswith("reference.")]:
-            del state[key]  # frozen copy: reloaded from its path, not stored in every checkpoint
+        for key in self._reloaded_from_path() & set(state):
+            del state[key]
         checkpoint["rng_states"] = {
             "torch": torch.get_rng_state(),
             "python": list(random.getstate()[1]),
@@ -604,10 +612,10 @@ class RLHFModule(LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.reference is not None:
-            state = checkpoint.setdefault("state_dict", {})
-            for key, value in self.reference.state_dict().items():
-                state.setdefault(f"reference.{key}", value)
+        state = checkpoint.setdefault("state_dict", {})
+        current = self.state_dict()
+        for key in self._reloaded_from_path():  # as loaded from the model's path: the same weights
+            state.setdefault(key, current[key])
         rng = checkpoint.get("rng_states")
         if rng:
             torch.set_rng_state(rng["torch"])

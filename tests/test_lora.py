@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM
@@ -37,3 +38,28 @@ def test_lora_run_learns_with_adapter_disabled_reference_and_merged_export(tiny_
     assert not any("lora" in name for name, _ in merged.named_parameters())
     with torch.no_grad():
         torch.testing.assert_close(merged(ids).logits, trained_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_an_adapter_export_loads_from_any_directory(tiny_model, tiny_data, tmp_path, monkeypatch):
+    """The adapter-only export records the base model as an absolute path, even when the recipe gave a
+    relative one, so peft loads it from another working directory."""
+    import shutil
+
+    from peft import AutoPeftModelForCausalLM
+
+    work = tmp_path / "work"
+    shutil.copytree(tiny_model, work / "base")
+    monkeypatch.chdir(work)
+    args = tiny_run_args(Path("base"), tiny_data, tmp_path / "run", batches=2, lr=1e-2,
+                         extra=LORA + ["--trainer.callbacks.merge_lora", "false"])
+    cli = run_cli(args)
+    export = tmp_path / "run" / "policy"
+    saved = json.loads((export / "adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] == str((work / "base").resolve())
+    assert not (export / "model.safetensors").exists()  # the adapter only
+    monkeypatch.chdir(tmp_path)
+    loaded = AutoPeftModelForCausalLM.from_pretrained(export).eval()
+    ids = torch.tensor([[4, 5, 6, 7, 8]])
+    cli.model.policy.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, cli.model.policy(ids).logits, rtol=1e-5, atol=1e-5)

@@ -56,25 +56,27 @@ def _policy_state(cli) -> dict:
     return {k: v.detach().clone() for k, v in cli.model.policy.state_dict().items()}
 
 
-RESUMED_RUNS = {  # name → (objective options, Rollout callback options, optimizer updates per rollout batch)
+RESUMED_RUNS = {  # name → (objective options, other options, optimizer updates per rollout batch)
     # REBEL, 2 inner epochs: ln π_t from the rollout's own no-grad pass
     "rebel": (REBEL_ARGS, (), 2),
     # RLOO (1 update per batch: ln π_t from the update's forward) with the adaptive KL controller,
     # whose γ must also continue where it stopped
     "rloo_adaptive_kl": (("--model.objective", "rlhf_lightning.objectives.RLOO"),
                          ("--rollout.target_kl", "0.01", "--rollout.kl_horizon", "50"), 1),
+    # LoRA: checkpoints hold the adapter (and the optimizer state) only; the frozen base reloads from its path
+    "rebel_lora": (REBEL_ARGS, ("--model.policy.lora.r", "8", "--model.policy.lora.alpha", "16"), 2),
 }
 
 
 @pytest.mark.parametrize("name", list(RESUMED_RUNS))
 def test_resume_matches_uninterrupted_run(tiny_model, tiny_data, tmp_path, name):
     """Crash after 3 of 6 rollout batches, resume with --ckpt_path last: same weights, same data, same RNG."""
-    objective, rollout_options, updates_per_batch = RESUMED_RUNS[name]
+    objective, options, updates_per_batch = RESUMED_RUNS[name]
 
     def args(root):
         run = tiny_run_args(tiny_model, tiny_data, root, batches=6, objective=objective, extra=_checkpointing(root))
         at = run.index("--trainer.callbacks+=rlhf_lightning.callbacks.WinRateEvaluation")
-        return run[:at] + list(rollout_options) + run[at:]
+        return run[:at] + list(options) + run[at:]
 
     full_root, crash_root = tmp_path / "full", tmp_path / "crash"
     full = run_cli(args(full_root))
@@ -99,6 +101,9 @@ def test_resume_matches_uninterrupted_run(tiny_model, tiny_data, tmp_path, name)
     assert resumed_gamma == pytest.approx(full_gamma, rel=1e-9)
     if name == "rloo_adaptive_kl":
         assert full_gamma != pytest.approx(0.05)  # the controller moved γ
+    if name == "rebel_lora":  # the checkpoint stores the adapter only: the frozen base reloads from its path
+        stored = torch.load(crash_root / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        assert stored and all("lora_" in key for key in stored), sorted(stored)[:5]
 
 
 def test_checkpoint_skips_frozen_reference_and_loads_weights_only(tiny_model, tiny_data, tmp_path):
