@@ -208,7 +208,7 @@ class Rollout(Callback):
                               f"objective {type(module.objective).__name__} pairs samples with data set responses, "
                               "but the training batches carry none", "set reference_column to the response column")
         tokenizer = module.tokenizer
-        encoded = [encode_response(tokenizer, text) for text in batch["reference"]]
+        encoded = [encode_response(tokenizer, text, prompt) for text, prompt in zip(batch["reference"], batch["prompt"])]
         B, device = len(encoded), generation.responses.device
         width = max(generation.responses.shape[1], max(len(ids) for ids in encoded))
         sampled_ids, sampled_mask = (torch.nn.functional.pad(t, (0, width - t.shape[1]), value=v) for t, v in

@@ -303,7 +303,7 @@ class RewardModel(_OneLogitClassifier, RewardSource):
             self.setup(torch.device("cpu"))
         device = next(self._model.parameters()).device
         with self._chat_prompts_need_a_template():
-            rows = [(encode_prompt(self._tokenizer, p) + encode_response(self._tokenizer, r))[-self.max_length:]
+            rows = [(encode_prompt(self._tokenizer, p) + encode_response(self._tokenizer, r, p))[-self.max_length:]
                     for p, r in zip(prompts, responses)]
         out = [torch.zeros(0)]
         for start in range(0, len(rows), self.batch_size):

@@ -60,3 +60,32 @@ def test_chat_prompts_train_online_and_the_policy_learns(chat_model, tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["reward"] > summary["sft_reward"] + 0.5, summary
     assert summary["win_rate_vs_sft"] >= 0.75, summary
+
+
+@pytest.mark.parametrize("end_of_turn", ["<|im_end|>", "<end_of_turn>", "<|eot_id|>"])
+def test_chat_targets_end_with_the_templates_end_of_turn(end_of_turn, tmp_path):
+    """SFT on chat messages and preference pairs with chat prompts: the target is the template's assistant turn,
+    ending with its end-of-turn token (not the tokenizer's EOS), after a prompt with one BOS."""
+    from rlhf_lightning.data import PreferenceDataModule, SFTDataModule
+
+    tokenizer = make_chat_tokenizer(end_of_turn)
+    tokenizer.save_pretrained(tmp_path / "tok")
+    user = {"role": "user", "content": "say : cat"}
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text(json.dumps({"messages": [user, {"role": "assistant", "content": "good cat"}]}) + "\n")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": [user], "chosen": "good", "rejected": "bad bad"}) + "\n")
+    end = tokenizer.convert_tokens_to_ids(end_of_turn)
+    for module in (SFTDataModule(str(sft), str(tmp_path / "tok"), messages_column="messages", batch_size=1),
+                   PreferenceDataModule(str(pairs), str(tmp_path / "tok"), batch_size=1)):
+        module.setup("fit")
+        batch = module.collate(module.splits["train"])
+        for row in range(len(batch)):
+            prompt = batch.input_ids[row, :batch.prompt_length][batch.attention_mask[row, :batch.prompt_length].bool()]
+            response = batch.input_ids[row, batch.prompt_length:][batch.response_mask[row].bool()]
+            assert prompt.tolist().count(tokenizer.bos_token_id) == 1 and prompt[0] == tokenizer.bos_token_id
+            assert response[-1] == end and tokenizer.eos_token_id not in response.tolist()
+    texts = encode_prompt(tokenizer, "say : cat")  # plain text keeps the tokenizer's EOS as its end
+    from rlhf_lightning.data.encoding import encode_response
+
+    assert encode_response(tokenizer, "good", "say : cat")[-1] == tokenizer.eos_token_id and texts[0] == tokenizer.bos_token_id

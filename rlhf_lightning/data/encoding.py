@@ -23,7 +23,12 @@ def encode_prompt(tokenizer, prompt: Union[str, Messages]) -> list[int]:
         return list(tokenizer(prompt, add_special_tokens=not has_bos)["input_ids"])
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("the prompt is a list of chat messages, but the tokenizer has no chat template")
-    ids = tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=True)
+    return _chat_ids(tokenizer, list(prompt), add_generation_prompt=True)
+
+
+def _chat_ids(tokenizer, messages: Messages, add_generation_prompt: bool) -> list[int]:
+    """Token ids of ``messages`` rendered by the tokenizer's chat template (its own BOS, none added)."""
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
     return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 
 
@@ -48,9 +53,23 @@ def response_text(response: Union[str, dict, Messages]) -> str:
     return ""
 
 
-def encode_response(tokenizer, response: Union[str, dict, Messages]) -> list[int]:
-    """Response tokens with EOS appended (what the policy must learn to end with)."""
-    return list(tokenizer(response_text(response), add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
+def encode_response(tokenizer, response: Union[str, dict, Messages],
+                    prompt: Union[str, Messages, None] = None) -> list[int]:
+    """Response tokens, ending with what the policy must learn to end with.
+
+    For a chat prompt (a list of messages) and a tokenizer with a chat template: the template's assistant
+    turn after the generation prompt, so the target ends with the template's end-of-turn token(s)
+    (``<|im_end|>``, ``<end_of_turn>``, ``<|eot_id|>``, ...), which the generation engine counts as EOS.
+    Otherwise (or when the template renders the turn inconsistently with its generation prompt): the
+    text's tokens with the tokenizer's EOS appended.
+    """
+    text = response_text(response)
+    if isinstance(prompt, list) and getattr(tokenizer, "chat_template", None):
+        prefix = encode_prompt(tokenizer, prompt)
+        full = _chat_ids(tokenizer, list(prompt) + [{"role": "assistant", "content": text}], add_generation_prompt=False)
+        if len(full) > len(prefix) and full[:len(prefix)] == prefix:
+            return full[len(prefix):]
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
 
 
 def pad_rows(rows: Sequence[Sequence[int]], pad_token_id: int, side: str = "right",

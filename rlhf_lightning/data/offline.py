@@ -96,17 +96,18 @@ class OfflineDataModule(ResumableTrainLoader, LightningDataModule):
             return f"prompts longer than max_prompt_length={self.max_prompt_length}"
         return ids
 
-    def _response(self, value: Any) -> list[int] | str:
+    def _response(self, value: Any, prompt: Any = None) -> list[int] | str:
         if not response_text(value).strip():
             return "empty responses"
-        ids = encode_response(self.tokenizer, value)
+        ids = encode_response(self.tokenizer, value, prompt)
         if len(ids) > self.max_response_length:
             return f"responses longer than max_response_length={self.max_response_length}"
         return ids
 
     def _encode_parts(self, record: dict, *response_columns: str) -> list[list[int]] | str:
         """``[prompt ids, response ids, ...]`` of a row, or the first reason it cannot be used."""
-        parts = [self._prompt(record)] + [self._response(record[column]) for column in response_columns]
+        prompt = record[self.prompt_column]
+        parts = [self._prompt(record)] + [self._response(record[column], prompt) for column in response_columns]
         return next((part for part in parts if isinstance(part, str)), parts)
 
     def _load_split(self, split: str, path: str) -> list[dict]:
