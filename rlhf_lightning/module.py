@@ -26,6 +26,7 @@ from rlhf_lightning.models import (ModelConfig, context_length, disable_dropout,
                                    load_model_config, load_tokenizer, same_tokenizer, save_hf_directory,
                                    tokenizer_problems)
 from rlhf_lightning.objectives.base import Objective
+from rlhf_lightning.optim import MasterWeightAdamW, has_low_precision
 from rlhf_lightning.reference_cache import ReferenceCache
 from rlhf_lightning.rewards import RewardModel, RewardSource, RewardTerm, as_reward_source
 from rlhf_lightning.rollout import Rollout, Samples
@@ -348,7 +349,12 @@ class RLHFModule(LightningModule):
         if self.critic is not None:
             groups.append({"params": [p for p in self.critic.parameters() if p.requires_grad],
                            "lr": self.critic_lr or self.lr})
-        optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
+        if has_low_precision(p for group in groups for p in group["params"]):
+            # bf16/fp16 weights (dtype: bfloat16, or precision: bf16-true): step fp32 master copies, or small
+            # updates would be rounded away (see rlhf_lightning.optim)
+            optimizer = MasterWeightAdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
         total = max(1, self._total_optimizer_steps())
         name = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[self.lr_schedule]
         scheduler = get_scheduler(name, optimizer, num_warmup_steps=self.warmup_steps, num_training_steps=total)

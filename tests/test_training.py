@@ -65,6 +65,8 @@ RESUMED_RUNS = {  # name → (objective options, other options, optimizer update
                          ("--rollout.target_kl", "0.01", "--rollout.kl_horizon", "50"), 1),
     # LoRA: checkpoints hold the adapter (and the optimizer state) only; the frozen base reloads from its path
     "rebel_lora": (REBEL_ARGS, ("--model.policy.lora.r", "8", "--model.policy.lora.alpha", "16"), 2),
+    # bf16 weights: the optimizer's fp32 master copies must continue where they stopped too
+    "rebel_bf16_weights": (REBEL_ARGS, ("--model.policy.dtype", "bfloat16"), 2),
 }
 
 
@@ -92,8 +94,11 @@ def test_resume_matches_uninterrupted_run(tiny_model, tiny_data, tmp_path, name)
     full_state, resumed_state = _policy_state(full), _policy_state(resumed)
     for key in full_state:
         torch.testing.assert_close(resumed_state[key], full_state[key], rtol=0, atol=1e-6, msg=key)
-    full_opt = full.trainer.optimizers[0].state_dict()["state"]
-    resumed_opt = resumed.trainer.optimizers[0].state_dict()["state"]
+    def optimizer_state(cli) -> dict:
+        state = cli.trainer.optimizers[0].state_dict()
+        return state["inner"]["state"] if "inner" in state else state["state"]  # MasterWeightAdamW keeps its own
+
+    full_opt, resumed_opt = optimizer_state(full), optimizer_state(resumed)
     torch.testing.assert_close(resumed_opt[0]["exp_avg"], full_opt[0]["exp_avg"], rtol=0, atol=1e-6)
     assert resumed.trainer.lr_scheduler_configs[0].scheduler.last_epoch == steps
     full_gamma, resumed_gamma = (next(c for c in cli.trainer.callbacks if type(c).__name__ == "Rollout").kl_coef
@@ -101,6 +106,10 @@ def test_resume_matches_uninterrupted_run(tiny_model, tiny_data, tmp_path, name)
     assert resumed_gamma == pytest.approx(full_gamma, rel=1e-9)
     if name == "rloo_adaptive_kl":
         assert full_gamma != pytest.approx(0.05)  # the controller moved γ
+    if name == "rebel_bf16_weights":
+        full_masters, resumed_masters = (cli.trainer.optimizers[0].masters[0] for cli in (full, resumed))
+        for a, b in zip(full_masters, resumed_masters):
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
     if name == "rebel_lora":  # the checkpoint stores the adapter only: the frozen base reloads from its path
         stored = torch.load(crash_root / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
         assert stored and all("lora_" in key for key in stored), sorted(stored)[:5]
