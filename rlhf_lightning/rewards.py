@@ -247,6 +247,9 @@ class _OneLogitClassifier:
             detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise RecipeError(field, f"cannot load a sequence-classification model from '{self.path}': {detail}",
                               HUB_FIX if is_hub_id(self.path) else "point it at a reward-model directory") from None
+        from rlhf_lightning.models import tokenizer_problems
+
+        raise_all(tokenizer_problems(self._tokenizer, model.config, field))  # its tokenizer fits its embeddings
         if model.config.pad_token_id is None:
             model.config.pad_token_id = self._tokenizer.pad_token_id
         self._model = model.to(device).eval().requires_grad_(False)

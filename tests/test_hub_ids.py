@@ -65,3 +65,37 @@ def test_a_reward_model_hub_id_that_is_not_cached_is_one_clear_error(tiny_model,
     assert result.returncode == 2, result.stderr[-3000:]
     message = result.stderr[result.stderr.index("rlhf-lightning: error"):]
     assert message.startswith("rlhf-lightning: error in the recipe: model.init_args.reward.init_args.path:"), message
+
+
+def test_hub_data_set_ids_with_a_split_train_offline(tiny_model, tiny_data, tmp_path):
+    """``data.train_file: org/name`` (split train by default) and ``org/name:test``, from the hub cache."""
+    import shutil
+
+    files = tmp_path / "dataset_files" / "data"
+    files.mkdir(parents=True)
+    shutil.copy(tiny_data["train"], files / "train.jsonl")
+    shutil.copy(tiny_data["test"], files / "test.jsonl")
+    hf_home = tmp_path / "hf"
+    fill_hub_cache(hf_home, "tiny-org/say-prompts", tmp_path / "dataset_files", kind="dataset")
+    args = _args(str(tiny_model), tiny_data, tmp_path / "run", "--data.train_file", "tiny-org/say-prompts",
+                 "--data.test_file", "tiny-org/say-prompts:test",
+                 "--trainer.callbacks+=rlhf_lightning.callbacks.WinRateEvaluation",
+                 "--trainer.callbacks.max_new_tokens", "4")
+    result = _run(args, hf_home, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["rollout_batches"] == 2 and summary["eval_prompts"] == 16
+
+
+def test_a_missing_hub_split_is_one_clear_error(tiny_model, tiny_data, tmp_path):
+    import shutil
+
+    (tmp_path / "dataset_files").mkdir()
+    shutil.copy(tiny_data["train"], tmp_path / "dataset_files" / "train.jsonl")
+    fill_hub_cache(tmp_path / "hf", "tiny-org/say-prompts", tmp_path / "dataset_files", kind="dataset")
+    args = _args(str(tiny_model), tiny_data, tmp_path / "run", "--data.train_file", "tiny-org/say-prompts:nope")
+    result = _run(args, tmp_path / "hf", tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    message = result.stderr[result.stderr.index("rlhf-lightning: error"):]
+    assert message.startswith("rlhf-lightning: error in the recipe: data.init_args.train_file:"), message
+    assert "no split 'nope'" in message

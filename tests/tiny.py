@@ -107,14 +107,14 @@ def make_chat_tokenizer(end_of_turn: str = "<|im_end|>", bos: str | None = "<s>"
     return PreTrainedTokenizerFast(**kwargs)
 
 
-def fill_hub_cache(hf_home: Path, repo_id: str, source: Path, revision: str = "main") -> Path:
-    """Put ``source`` (a ``save_pretrained`` directory) into a Hugging Face cache under ``hf_home`` as the
-    hub repository ``repo_id`` at ``revision``, as a download would; with ``HF_HUB_OFFLINE=1``,
-    ``from_pretrained(repo_id)`` then loads it without any network."""
+def fill_hub_cache(hf_home: Path, repo_id: str, source: Path, revision: str = "main", kind: str = "model") -> Path:
+    """Put ``source`` (a ``save_pretrained`` directory, or a folder of data files for ``kind="dataset"``) into a
+    Hugging Face cache under ``hf_home`` as the hub repository ``repo_id`` at ``revision``, as a download would;
+    with ``HF_HUB_OFFLINE=1``, ``from_pretrained(repo_id)`` (or a data set id) then loads without any network."""
     import hashlib
     import shutil
 
-    repo = hf_home / "hub" / ("models--" + repo_id.replace("/", "--"))
+    repo = hf_home / "hub" / (f"{kind}s--" + repo_id.replace("/", "--"))
     commit = hashlib.sha1(f"{repo_id}@{revision}".encode()).hexdigest()
     shutil.copytree(source, repo / "snapshots" / commit, dirs_exist_ok=True)
     (repo / "refs").mkdir(parents=True, exist_ok=True)

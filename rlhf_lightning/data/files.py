@@ -8,11 +8,17 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 from rlhf_lightning.errors import RecipeError
+from rlhf_lightning.models import is_hub_id
 
 
-def read_records(path: str, field: str) -> list[dict]:
-    """All rows of a local data file as dicts; a clear error for a missing or unreadable file."""
+def read_records(path: str, field: str, split: str = "train") -> list[dict]:
+    """All rows of a data file as dicts: a local file or ``save_to_disk`` directory, or a hub data set id
+    (``org/name``, or ``org/name:split`` to name the split; otherwise ``split``); a clear error for a
+    missing or unreadable one."""
     p = Path(path)
+    repo, _, named_split = path.partition(":")
+    if not p.exists() and is_hub_id(repo):
+        return hub_records(repo, named_split or split, field)
     if not p.exists():
         raise RecipeError(field, f"data file '{path}' does not exist", "give a .jsonl, .json, .parquet file or a "
                           "directory written by datasets.Dataset.save_to_disk")
@@ -37,6 +43,29 @@ def read_records(path: str, field: str) -> list[dict]:
     except (ValueError, KeyError) as error:
         raise RecipeError(field, f"cannot parse '{path}': {error}", "check the file format") from None
     raise RecipeError(field, f"unsupported data file type '{p.suffix}'", "use .jsonl, .json, .parquet or a dataset directory")
+
+
+def hub_records(repo: str, split: str, field: str) -> list[dict]:
+    """The rows of one split of a hub data set, through the Hugging Face cache (``HF_HUB_OFFLINE`` works
+    once it is cached) and ``datasets``."""
+    try:
+        from datasets import load_dataset  # optional dependency
+        from huggingface_hub import snapshot_download
+    except ImportError as error:
+        raise RecipeError(field, f"reading the hub data set '{repo}' needs an optional package ({error.name})",
+                          "pip install rlhf-lightning[data]") from None
+    try:
+        local = snapshot_download(repo, repo_type="dataset")
+    except Exception as error:  # offline and not cached, unknown id, no network
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RecipeError(field, f"cannot get the hub data set '{repo}': {detail}",
+                          "check the id; offline (HF_HUB_OFFLINE=1) it must be in the Hugging Face cache already "
+                          "(huggingface-cli download --repo-type dataset NAME)") from None
+    try:
+        return [dict(row) for row in load_dataset(local, split=split)]
+    except ValueError as error:
+        raise RecipeError(field, f"the hub data set '{repo}' has no split '{split}' ({str(error).splitlines()[0]})",
+                          f"name the split as {repo}:SPLIT") from None
 
 
 def require_columns(records: list[dict], columns: Sequence[str], field: str, path: str,

@@ -112,7 +112,7 @@ class OfflineDataModule(ResumableTrainLoader, LightningDataModule):
 
     def _load_split(self, split: str, path: str) -> list[dict]:
         field = f"data.init_args.{split}_file"
-        records = read_records(path, field)
+        records = read_records(path, field, split)
         options = {self.prompt_column: "data.init_args.prompt_column"}
         options.update({getattr(self, f"{c}_column"): f"data.init_args.{c}_column" for c in self.response_columns})
         require_columns(records, self.columns(), field, path, options=options)
@@ -141,7 +141,7 @@ class OfflineDataModule(ResumableTrainLoader, LightningDataModule):
 
     def _load_eval_prompts(self, path: str) -> list[dict]:
         field = "data.init_args.eval_prompt_file"
-        records = read_records(path, field)
+        records = read_records(path, field, "test")
         require_columns(records, [self.prompt_column], field, path,
                         options={self.prompt_column: "data.init_args.prompt_column"})
         rows = []

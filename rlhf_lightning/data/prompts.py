@@ -133,7 +133,7 @@ class PromptDataModule(ResumableTrainLoader, LightningDataModule):
 
     def _load_split(self, split: str, path: str) -> list[dict]:
         field = f"data.init_args.{split}_file"
-        records = read_records(path, field)
+        records = read_records(path, field, split)
         needed = [self.prompt_column] + ([self.reference_column] if self.reference_column and split != "train" else [])
         require_columns(records, needed, field, path, options={self.prompt_column: "data.init_args.prompt_column",
                                                                self.reference_column: "data.init_args.reference_column"})
