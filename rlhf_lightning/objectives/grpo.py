@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Callable, Optional, get_args
 
@@ -68,9 +69,9 @@ class GRPO(Objective):
         if group_size < 2:
             errors.append(self.field_error("group_size", f"must be ≥ 2 (advantages compare samples of the same "
                                                          f"prompt), got {group_size}", "e.g. 4, 8 or 16"))
-        if not clip_ratio > 0:
+        if not (math.isfinite(clip_ratio) and clip_ratio > 0):
             errors.append(self.field_error("clip_ratio", f"must be > 0, got {clip_ratio}", "the paper uses 0.2"))
-        if beta < 0:
+        if not (math.isfinite(beta) and beta >= 0):
             errors.append(self.field_error("beta", f"must be ≥ 0, got {beta}", "the paper uses 0.04; 0 drops the KL"))
         if kl_estimator not in get_args(KLEstimator):
             errors.append(self.field_error("kl_estimator", f"unknown estimator '{kl_estimator}'",

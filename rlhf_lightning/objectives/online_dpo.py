@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import torch
 from torch import Tensor
 
@@ -39,7 +40,7 @@ class OnlineDPO(Objective):
                  num_minibatches: int = 1) -> None:
         super().__init__(inner_epochs=inner_epochs, num_minibatches=num_minibatches)
         errors = []
-        if not beta > 0:
+        if not (math.isfinite(beta) and beta > 0):
             errors.append(self.field_error("beta", f"must be > 0, got {beta}", "the paper uses 0.05"))
         if not 0.0 <= label_smoothing < 0.5:
             errors.append(self.field_error("label_smoothing", f"must be in [0, 0.5), got {label_smoothing}",

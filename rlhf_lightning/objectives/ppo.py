@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Optional
 
@@ -67,20 +68,20 @@ class PPO(Objective):
                  gamma: float = 1.0, lam: float = 0.95, whiten_advantages: bool = True, entropy_coef: float = 0.0,
                  ptx_coef: float = 0.0, inner_epochs: int = 4, num_minibatches: int = 1) -> None:
         errors: list[RecipeError] = []
-        if not clip_ratio > 0:
+        if not (math.isfinite(clip_ratio) and clip_ratio > 0):
             errors.append(self.field_error("clip_ratio", f"must be > 0, got {clip_ratio}", "the paper uses 0.2"))
         if value_clip is not None and not value_clip > 0:
             errors.append(self.field_error("value_clip", f"must be > 0 or null (no value clipping), got {value_clip}",
                                            "the paper uses 0.2"))
-        if not vf_coef >= 0:
+        if not (math.isfinite(vf_coef) and vf_coef >= 0):
             errors.append(self.field_error("vf_coef", f"must be ≥ 0, got {vf_coef}", "the paper uses 0.1"))
         if not 0 <= gamma <= 1:
             errors.append(self.field_error("gamma", f"must be in [0, 1], got {gamma}", "the paper uses 1.0"))
         if not 0 <= lam <= 1:
             errors.append(self.field_error("lam", f"must be in [0, 1], got {lam}", "the paper uses 0.95"))
-        if not entropy_coef >= 0:
+        if not (math.isfinite(entropy_coef) and entropy_coef >= 0):
             errors.append(self.field_error("entropy_coef", f"must be ≥ 0, got {entropy_coef}", "e.g. 0.0 or 0.01"))
-        if not ptx_coef >= 0:
+        if not (math.isfinite(ptx_coef) and ptx_coef >= 0):
             errors.append(self.field_error("ptx_coef", f"must be ≥ 0, got {ptx_coef}",
                                            "0 disables the pretraining mix"))
         super().__init__(inner_epochs=inner_epochs, num_minibatches=num_minibatches, problems=errors)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Callable, Literal
 
@@ -49,7 +50,7 @@ class REBEL(Objective):
                  inner_epochs: int = 4, num_minibatches: int = 1) -> None:
         super().__init__(inner_epochs=inner_epochs, num_minibatches=num_minibatches)
         errors = []
-        if not eta > 0:
+        if not (math.isfinite(eta) and eta > 0):
             errors.append(self.field_error("eta", f"must be > 0, got {eta}", "the paper uses 1.0"))
         if pairs not in ("sampled", "best_worst", "dataset"):
             errors.append(self.field_error("pairs", f"must be sampled, best_worst or dataset, got '{pairs}'"))

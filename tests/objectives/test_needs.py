@@ -50,3 +50,15 @@ def test_an_old_style_flag_set_in_init_is_an_error_too():
 
     with pytest.raises(TypeError, match=r"self.needs = dataclasses.replace\(self.needs, samples_per_prompt=\.\.\.\)"):
         OldInit()
+
+
+@pytest.mark.parametrize("make", [
+    lambda v: REBEL(eta=v), lambda v: GRPO(beta=v), lambda v: GRPO(clip_ratio=v), lambda v: PPO(vf_coef=v),
+    lambda v: PPO(clip_ratio=v), lambda v: PPO(entropy_coef=v), lambda v: PPO(ptx_coef=v),
+])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_coefficients_are_recipe_errors(make, value):
+    from rlhf_lightning.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="model.init_args.objective.init_args"):
+        make(value)
