@@ -264,7 +264,7 @@ class RLHFModule(LightningModule):
         if self.critic_config is not None:
             return self.critic_config
         if isinstance(self.reward, RewardModel):
-            return ModelConfig(path=self.reward.path, dtype=self.policy_config.dtype)
+            return ModelConfig(path=self.reward.path, revision=self.reward.revision, dtype=self.policy_config.dtype)
         raise RecipeError("model.init_args.critic", f"objective {type(self.objective).__name__} needs a critic "
                           "(value model), and none is set",
                           "set model.init_args.critic.path to a reward-model or causal-LM directory "

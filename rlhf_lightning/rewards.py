@@ -222,8 +222,9 @@ class _OneLogitClassifier:
 
     truncation_side = "right"
 
-    def __init__(self, path: str, batch_size: int, max_length: int, trust_remote_code: bool) -> None:
-        self.path, self.trust_remote_code = path, trust_remote_code
+    def __init__(self, path: str, batch_size: int, max_length: int, trust_remote_code: bool,
+                 revision: Optional[str] = None) -> None:
+        self.path, self.trust_remote_code, self.revision = path, trust_remote_code, revision
         self.batch_size, self.max_length = batch_size, max_length
         self._model = None
         self._tokenizer = None
@@ -236,11 +237,11 @@ class _OneLogitClassifier:
         field = "model.init_args.reward.init_args.path"
         check_model_path(self.path, field)
         self._tokenizer = load_tokenizer(self.path, field, trust_remote_code=self.trust_remote_code,
-                                         padding_side="right")
+                                         padding_side="right", revision=self.revision)
         self._tokenizer.truncation_side = self.truncation_side
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
-                self.path, trust_remote_code=self.trust_remote_code, use_safetensors=None)
+                self.path, trust_remote_code=self.trust_remote_code, use_safetensors=None, revision=self.revision)
         except (OSError, ValueError) as error:
             from rlhf_lightning.models import HUB_FIX, is_hub_id
 
@@ -285,15 +286,16 @@ class RewardModel(_OneLogitClassifier, RewardSource):
     """A Hugging Face sequence-classification model with one output (a Bradley–Terry reward model).
 
     Args:
-        path: local model directory (``save_pretrained`` output) or hub id already in the local cache.
+        path: local model directory (``save_pretrained`` output) or hub id (through the Hugging Face cache).
+        revision: hub revision (branch, tag or commit) of a hub id; ``null`` = the default branch.
         batch_size: pairs scored per forward pass.
         max_length: truncation length for prompt + response, in the reward model's tokens.
         trust_remote_code: allow custom modelling code shipped with the model (off by default).
     """
 
     def __init__(self, path: str, batch_size: int = 32, max_length: int = 1024,
-                 trust_remote_code: bool = False) -> None:
-        super().__init__(path, batch_size, max_length, trust_remote_code)
+                 trust_remote_code: bool = False, revision: Optional[str] = None) -> None:
+        super().__init__(path, batch_size, max_length, trust_remote_code, revision)
 
     @torch.no_grad()
     def score(self, prompts: Sequence[Any], responses: Sequence[str], **columns: Sequence[Any]) -> torch.Tensor:
@@ -440,7 +442,8 @@ class PreferenceModel(_OneLogitClassifier, PreferenceSource):
     to match the input format of an existing one.
 
     Args:
-        path: local model directory (``save_pretrained`` output) or hub id already in the local cache.
+        path: local model directory (``save_pretrained`` output) or hub id (through the Hugging Face cache).
+        revision: hub revision (branch, tag or commit) of a hub id; ``null`` = the default branch.
         batch_size: texts scored per forward pass.
         max_length: truncation length of the text above, in the model's tokens.
         trust_remote_code: allow custom modelling code shipped with the model (off by default).
@@ -450,8 +453,8 @@ class PreferenceModel(_OneLogitClassifier, PreferenceSource):
     truncation_side = "left"
 
     def __init__(self, path: str, batch_size: int = 32, max_length: int = 1024,
-                 trust_remote_code: bool = False) -> None:
-        super().__init__(path, batch_size, max_length, trust_remote_code)
+                 trust_remote_code: bool = False, revision: Optional[str] = None) -> None:
+        super().__init__(path, batch_size, max_length, trust_remote_code, revision)
 
     def setup(self, device: torch.device) -> None:
         super().setup(device)

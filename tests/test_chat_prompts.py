@@ -89,3 +89,19 @@ def test_chat_targets_end_with_the_templates_end_of_turn(end_of_turn, tmp_path):
     from rlhf_lightning.data.encoding import encode_response
 
     assert encode_response(tokenizer, "good", "say : cat")[-1] == tokenizer.eos_token_id and texts[0] == tokenizer.bos_token_id
+
+
+def test_trls_implicit_prompt_preference_format_is_one_clear_error(tmp_path):
+    """Whole chosen/rejected conversations without a prompt column: named, with the fix."""
+    from rlhf_lightning.data import PreferenceDataModule
+    from rlhf_lightning.errors import RecipeError
+
+    tokenizer = make_chat_tokenizer()
+    tokenizer.save_pretrained(tmp_path / "tok")
+    user = {"role": "user", "content": "say : cat"}
+    row = {"chosen": [user, {"role": "assistant", "content": "good"}],
+           "rejected": [user, {"role": "assistant", "content": "bad"}]}
+    (tmp_path / "pairs.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(RecipeError, match="implicit-prompt format") as caught:
+        PreferenceDataModule(str(tmp_path / "pairs.jsonl"), str(tmp_path / "tok")).setup("fit")
+    assert caught.value.field == "data.init_args.train_file"

@@ -311,6 +311,21 @@ class PreferenceDataModule(OfflineDataModule):
         return [self.prompt_column, self.chosen_column, self.rejected_column] + (
             [self.margin_column] if self.margin_column else [])
 
+    def _load_split(self, split: str, path: str) -> list[dict]:
+        try:
+            return super()._load_split(split, path)
+        except RecipeError as error:  # TRL's implicit-prompt format: whole conversations, no prompt column
+            records = read_records(path, f"data.init_args.{split}_file", split)
+            first = records[0] if records and isinstance(records[0], dict) else {}
+            implicit = (self.prompt_column not in first and isinstance(first.get(self.chosen_column), list)
+                        and self.prompt_column in error.problem)
+            if not implicit:
+                raise
+            raise RecipeError(f"data.init_args.{split}_file", f"'{path}' is in the implicit-prompt format (whole "
+                              f"'{self.chosen_column}'/'{self.rejected_column}' conversations, no "
+                              f"'{self.prompt_column}' column)", "split each row into the shared prompt messages "
+                              f"('{self.prompt_column}') and the two final assistant messages") from None
+
     def encode(self, record: dict, index: int) -> dict | str:
         parts = self._encode_parts(record, self.chosen_column, self.rejected_column)
         if isinstance(parts, str):
