@@ -15,7 +15,7 @@ from rlhf_lightning.data.encoding import response_text
 from rlhf_lightning.errors import RecipeError, raise_all
 from rlhf_lightning.generation import SamplingParams
 from rlhf_lightning.module import require_rlhf_module
-from rlhf_lightning.rewards import RewardSource, is_pointwise, win_rate
+from rlhf_lightning.rewards import RewardSource, check_columns, is_pointwise, win_rate
 from rlhf_lightning.step_metrics import logger_step
 
 FIELD = "trainer.callbacks[WinRateEvaluation].init_args"
@@ -94,12 +94,8 @@ class WinRateEvaluation(Callback):
                 pl_module.require_context(max(len(row["input_ids"]) for row in rows), self.max_new_tokens,
                                         f"{FIELD}.max_new_tokens")
             for key, source in ((f"{FIELD}.judge", self.judge), ("model.init_args.reward", pl_module.reward)):
-                missing = source.missing_columns(available) if source is not None and is_pointwise(source) else []
-                if missing:
-                    raise RecipeError(key, f"the evaluation scores the '{split}' prompts with a reward that asks for "
-                                           f"the data column '{missing[0]}', which they do not have "
-                                           f"(columns: {', '.join(available) or 'none'})",
-                                      f"add a '{missing[0]}' column to the {split} prompts")
+                if source is not None and is_pointwise(source):  # the evaluation scores these prompts with it
+                    check_columns(source, available, key, f"the '{split}' prompts")
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         done = rollout_batches_done(trainer)

@@ -28,7 +28,7 @@ from rlhf_lightning.models import (ModelConfig, context_length, disable_dropout,
 from rlhf_lightning.objectives.base import Objective
 from rlhf_lightning.optim import MasterWeightAdamW, has_low_precision
 from rlhf_lightning.reference_cache import ReferenceCache
-from rlhf_lightning.rewards import RewardModel, RewardSource, RewardTerm, as_reward_source
+from rlhf_lightning.rewards import RewardModel, RewardSource, RewardTerm, as_reward_source, check_columns
 from rlhf_lightning.rollout import Rollout, Samples
 from rlhf_lightning.step_metrics import log_step_metrics
 
@@ -248,11 +248,8 @@ class RLHFModule(LightningModule):
                               "set model.init_args.reward, e.g. class_path: rlhf_lightning.rewards.RewardModel")
         self.reward.setup(self.trainer.strategy.root_device if self._trainer else torch.device("cpu"))
         available = getattr(self.trainer.datamodule, "prompt_columns", None) if self._trainer else None
-        missing = self.reward.missing_columns(available) if available is not None else []
-        if missing:
-            raise RecipeError("model.init_args.reward", f"the reward asks for the data column '{missing[0]}', which the "
-                              f"training prompts do not have (columns: {', '.join(available) or 'none'})",
-                              f"add a '{missing[0]}' column to the prompt data, or give the parameter a default")
+        if available is not None:
+            check_columns(self.reward, available, "model.init_args.reward", "the training prompts")
 
     def use_generator(self, generator: Generator) -> None:
         """Generate rollouts and evaluation responses with ``generator`` (the Rollout callback's engine)."""

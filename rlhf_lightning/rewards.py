@@ -203,6 +203,16 @@ class WeightedRewards(RewardSource):
         return self.score_terms(prompts, responses, group_size, **columns)[0]
 
 
+def check_columns(source: RewardSource, available: Sequence[str], field: str, rows: str) -> None:
+    """A :class:`RecipeError` naming ``field`` when ``source`` asks for a data column that ``rows`` (e.g.
+    "the training prompts") do not have, whose names are ``available``."""
+    missing = source.missing_columns(available)
+    if missing:
+        raise RecipeError(field, f"the reward asks for the data column '{missing[0]}', which {rows} do not have "
+                                 f"(columns: {', '.join(available) or 'none'})",
+                          f"add a '{missing[0]}' column to {rows}, or give the parameter a default")
+
+
 def is_pointwise(source: RewardSource) -> bool:
     """Whether ``source`` scores single responses (no preference source in it), as an evaluation judge must."""
     if isinstance(source, PreferenceSource):
