@@ -202,7 +202,8 @@ class Rollout(Callback):
     def _with_dataset_responses(module: RLHFModule, batch: dict, generation: Generation, k: int,
                                 per_prompt: int) -> Generation:
         """``generation`` (``[B·k, R]``) with ``per_prompt`` copies of each prompt's data-set response after its
-        ``k`` samples (``[B·(k + per_prompt), W]``); a data-set response always ends with EOS."""
+        ``k`` samples (``[B·(k + per_prompt), W]``); a data-set response ends with EOS (or, after a chat prompt, the
+        template's end-of-turn token) and counts as ended."""
         if "reference" not in batch:
             raise RecipeError("data.init_args.reference_column",
                               f"objective {type(module.objective).__name__} pairs samples with data set responses, "
