@@ -111,10 +111,18 @@ class WinRateEvaluation(Callback):
         self._write_history(trainer)
 
     # ------------------------------------------------------------------ evaluation
-    def _rank_rows(self, trainer: Trainer, split: str) -> list[dict]:
+    def _rank_rows(self, trainer: Trainer, split: str) -> tuple[list[dict], int]:
+        """This rank's share of the evaluation rows, and how many of them are its own.
+
+        Every rank gets the same number of rows (a short share is topped up with copies of the first row,
+        whose results are dropped before gathering): under sharded weights each generate and forward is a
+        collective step that all ranks must take together.
+        """
         rows = trainer.datamodule.eval_rows(split, self.num_prompts)
         self._num_evaluated = len(rows)
-        return rows[trainer.global_rank::trainer.world_size]
+        own = rows[trainer.global_rank::trainer.world_size]
+        width = -(-len(rows) // trainer.world_size)
+        return own + [rows[0]] * (width - len(own)) if rows else own, len(own)
 
     def _decode(self, pl_module: LightningModule, rows: list[dict], use_reference: bool,
                 temperature: float) -> tuple[list[str], Tensor, Tensor, int]:
@@ -147,7 +155,7 @@ class WinRateEvaluation(Callback):
 
     def evaluate(self, trainer: Trainer, pl_module: LightningModule, split: str, step: int) -> dict[str, float]:
         judge = self.judge or pl_module.reward
-        rows = self._rank_rows(trainer, split)
+        rows, own = self._rank_rows(trainer, split)
         prompts = [r["prompt"] for r in rows]
         data_columns = trainer_collate(pl_module, rows)["columns"] if rows else {}
 
@@ -170,7 +178,7 @@ class WinRateEvaluation(Callback):
 
         columns = [scores, sft_scores, kl] + ([ref_scores] if ref_scores is not None else [])
         columns += [proxy_scores] if proxy_scores is not None else []
-        gathered = gather_rows(pl_module, torch.stack([c.cpu() for c in columns], 1))  # [n, 3 or 4]
+        gathered = gather_rows(pl_module, torch.stack([c.cpu() for c in columns], 1)[:own])  # [n, 3 or 4]
         results = {
             "win_rate_vs_sft": win_rate(gathered[:, 0], gathered[:, 1]),
             "reward": gathered[:, 0].mean().item(),

@@ -27,7 +27,6 @@ class ExportPolicy(Callback):
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         directory = Path(self.dirpath or Path(trainer.default_root_dir) / "policy")
-        if trainer.is_global_zero:
-            pl_module.export(directory, merge_lora=self.merge_lora)
-            pl_module.summary["policy_dir"] = str(directory)
+        pl_module.export(directory, merge_lora=self.merge_lora)  # every rank: sharded weights are gathered
+        pl_module.summary["policy_dir"] = str(directory)
         trainer.strategy.barrier("export_policy")

@@ -28,6 +28,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 
 from rlhf_lightning.callbacks import Rollout
+from rlhf_lightning.distributed.strategies import strategy_from_flag
 from rlhf_lightning.errors import RecipeError
 from rlhf_lightning.imports import import_object
 from rlhf_lightning.module import RLHFModule
@@ -95,6 +96,8 @@ class RLHFCLI(LightningCLI):
             torch.set_num_threads(threads)
         reject_rollout_in_callbacks(config)
         apply_output_defaults(config)
+        if config.get("trainer") is not None:
+            config["trainer"]["strategy"] = strategy_from_flag(config["trainer"].get("strategy", "auto"))
 
 
 

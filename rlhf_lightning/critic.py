@@ -51,6 +51,12 @@ def value_head(model: nn.Module) -> nn.Module | None:
     return None
 
 
+def value_model_parts(model: nn.Module) -> list[nn.Module]:
+    """The backbone and the scalar head, which :func:`token_values` and :func:`sequence_scores` call one by one."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return [getattr(base, base.base_model_prefix), value_head(model)]
+
+
 def token_values(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, prompt_length: int) -> Tensor:
     """``V(x, y_<i)`` for each response token ``i``, ``[N, R]``, zero on padding.
 

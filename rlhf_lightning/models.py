@@ -257,13 +257,19 @@ def save_hf_directory(model: nn.Module, tokenizer, directory: str | os.PathLike,
     elif merge_lora:
         _save_merged(model, directory)
     else:
-        for config in model.peft_config.values():
-            base = config.base_model_name_or_path
-            if base and Path(base).exists():
-                config.base_model_name_or_path = str(Path(base).resolve())
+        absolute_adapter_base(model)
         model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def absolute_adapter_base(model: nn.Module) -> None:
+    """Record a LoRA model's local base model as an absolute path (a hub id stays as it is), so that the
+    saved adapter loads from any working directory."""
+    for config in model.peft_config.values():
+        base = config.base_model_name_or_path
+        if base and Path(base).exists():
+            config.base_model_name_or_path = str(Path(base).resolve())
 
 
 def _save_merged(model: nn.Module, directory: Path) -> None:
@@ -271,8 +277,14 @@ def _save_merged(model: nn.Module, directory: Path) -> None:
     model.merge_adapter()
     try:
         base = model.get_base_model()
-        state = {key.replace(".base_layer.", "."): value for key, value in base.state_dict().items()
-                 if "lora_" not in key}
-        base.save_pretrained(directory, state_dict=state, safe_serialization=True)
+        base.save_pretrained(directory, state_dict=merged_base_state(base.state_dict()), safe_serialization=True)
     finally:
         model.unmerge_adapter()
+
+
+def merged_base_state(state: dict) -> dict:
+    """A LoRA model's state dict (adapter already merged into the base weights) under the base model's own
+    names: adapter tensors dropped, ``….base_layer.weight`` → ``….weight``, peft's ``base_model.model.`` prefix
+    removed."""
+    return {key.removeprefix("base_model.model.").replace(".base_layer.", "."): value
+            for key, value in state.items() if "lora_" not in key}

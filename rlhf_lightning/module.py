@@ -18,7 +18,10 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
 from rlhf_lightning.batches import SequenceBatch
-from rlhf_lightning.critic import load_value_model, sequence_scores, token_values
+from rlhf_lightning.critic import load_value_model, sequence_scores, token_values, value_model_parts
+from rlhf_lightning.distributed import FSDP2Strategy, is_sharded, shard, strategy_problems
+from rlhf_lightning.distributed.export import save_sharded_hf_directory
+from rlhf_lightning.distributed.fsdp import upcast_trainable
 from rlhf_lightning.errors import RecipeError, raise_all
 from rlhf_lightning.generation import Generation, Generator, HFGenerator, SamplingParams
 from rlhf_lightning.logprobs import response_logprobs, sequence_nll
@@ -194,8 +197,21 @@ class RLHFModule(LightningModule):
             self.critic = load_value_model(self._critic_config(), "model.init_args.critic")
             disable_dropout(self.critic)
             self.critic.train()
+        self._export_dtype = next(self.policy.parameters()).dtype  # as loaded (a LoRA model: its base's)
+        if self._trainer is not None and isinstance(self.trainer.strategy, FSDP2Strategy):
+            self._shard_models(self.trainer.strategy.shard_mesh)
         if needs.head == "causal_lm":
             self.generator.setup(self.tokenizer, self.policy)
+
+    def _shard_models(self, mesh) -> None:
+        """FSDP2: shard the policy, reference and critic over ``mesh``; trained models get fp32 master shards."""
+        scalar_policy = self.objective.needs.head == "scalar"  # a reward model: backbone and head called apart
+        for model, is_value_model in ((self.policy, scalar_policy), (self.reference, False), (self.critic, True)):
+            if model is not None:
+                shard(model, mesh, called_directly=value_model_parts(model) if is_value_model else ())
+        for model in (self.policy, self.critic):
+            if model is not None:
+                upcast_trainable(model)
 
     def _policy_tokenizer(self):
         config = self.policy_config
@@ -209,6 +225,8 @@ class RLHFModule(LightningModule):
         module encodes with the same tokenizer."""
         if self.policy is not None:
             return
+        if self._trainer is not None:
+            raise_all(strategy_problems(self.trainer.strategy, str(self.trainer.precision)))
         self.tokenizer = self._policy_tokenizer()
         config = self.policy_model_config()
         raise_all(tokenizer_problems(self.tokenizer, config, "model.init_args.policy.tokenizer"))
@@ -589,12 +607,20 @@ class RLHFModule(LightningModule):
         os.replace(tmp, path)
         return path
 
-    def export(self, directory: str | os.PathLike, merge_lora: bool = True) -> Path:
-        """Save the policy as a Hugging Face directory that ``AutoModelForCausalLM.from_pretrained`` loads."""
-        return save_hf_directory(self.policy, self.tokenizer, directory, merge_lora=merge_lora)
+    def export(self, directory: str | os.PathLike, merge_lora: bool = True) -> Optional[Path]:
+        """Save the policy as a Hugging Face directory that ``AutoModelForCausalLM.from_pretrained`` loads.
+
+        Every process calls it: sharded weights are gathered (one tensor at a time, to rank 0's CPU memory)
+        and written by rank 0 in the dtype they were loaded in; other ranks return ``None``.
+        """
+        writer = self._trainer is None or self.trainer.is_global_zero
+        if is_sharded(self.policy):
+            return save_sharded_hf_directory(self.policy, self.tokenizer, directory, merge_lora=merge_lora,
+                                             dtype=self._export_dtype, writer=writer)
+        return save_hf_directory(self.policy, self.tokenizer, directory, merge_lora=merge_lora) if writer else None
 
     # ------------------------------------------------------------------ checkpoints
-    def _reloaded_from_path(self) -> set[str]:
+    def reloaded_from_path(self) -> set[str]:
         """State keys that a checkpoint leaves out because loading the model gives them back: the frozen
         reference copy, and the frozen base weights under LoRA (only the adapter and the optimizer state are
         stored)."""
@@ -604,7 +630,7 @@ class RLHFModule(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("state_dict", {})
-        for key in self._reloaded_from_path() & set(state):
+        for key in self.reloaded_from_path() & set(state):
             del state[key]
         checkpoint["rng_states"] = {
             "torch": torch.get_rng_state(),
@@ -617,7 +643,7 @@ class RLHFModule(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.setdefault("state_dict", {})
         current = self.state_dict()
-        for key in self._reloaded_from_path():  # as loaded from the model's path: the same weights
+        for key in self.reloaded_from_path():  # as loaded from the model's path: the same weights
             state.setdefault(key, current[key])
         rng = checkpoint.get("rng_states")
         if rng:

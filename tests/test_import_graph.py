@@ -59,3 +59,13 @@ def test_no_import_loops():
         if node not in state:
             walk(node, [node])
     assert not loops, loops
+
+
+def test_every_subpackage_is_installed():
+    """A non-editable install holds only the packages pyproject.toml lists: each folder of the package must be one."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(("rlhf_lightning", *path.parent.relative_to(ROOT / "rlhf_lightning").parts))
+             for path in (ROOT / "rlhf_lightning").rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)

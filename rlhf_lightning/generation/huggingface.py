@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from rlhf_lightning.distributed.fsdp import steps_with_other_ranks
 from rlhf_lightning.errors import RecipeError
 from rlhf_lightning.generation.base import Generation, Generator, SamplingParams
 from rlhf_lightning.generation.eos import base_model
@@ -64,7 +65,8 @@ class HFGenerator(Generator):
             (:attr:`Generation.sampler_logprobs`, from the processed scores; costs ``[N, R, V]`` memory):
             for checking that the sampler is the policy, never used for training.
         share_prefill_from: prompt width (tokens, padding included) from which the prefill is shared among
-            a prompt's samples; ``null`` never shares.
+            a prompt's samples; ``null`` never shares. Never shared when the weights are sharded over several
+            processes (every rank must then run the same forwards: ``generate`` steps with ``synced_gpus``).
     """
 
     def __init__(self, record_sampler_logprobs: bool = False, share_prefill_from: Optional[int] = 64) -> None:
@@ -135,7 +137,9 @@ class HFGenerator(Generator):
             raise RuntimeError("HFGenerator.setup(tokenizer, policy) must run before generate (RLHFModule does)")
         config = self.generation_config(params)
         k, width = params.num_samples, input_ids.shape[1]
-        share = k > 1 and self.share_prefill_from is not None and width >= self.share_prefill_from
+        # sharded weights: every rank runs each forward together (until the longest response of any rank ends)
+        synced = steps_with_other_ranks(model)
+        share = k > 1 and self.share_prefill_from is not None and width >= self.share_prefill_from and not synced
         was_training = model.training
         model.eval()
         try:
@@ -143,7 +147,7 @@ class HFGenerator(Generator):
             input_ids, attention_mask = input_ids.repeat_interleave(k, 0), attention_mask.repeat_interleave(k, 0)
             with self._only(model, config):
                 out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
-                                     **({CACHE_ARGUMENT: cache} if cache is not None else {}))
+                                     synced_gpus=synced, **({CACHE_ARGUMENT: cache} if cache is not None else {}))
         finally:
             model.train(was_training)
         sequences = out.sequences if self.record_sampler_logprobs else out
