@@ -159,6 +159,8 @@ RECIPE_CASES = {
                         "must be ≥ 0"),
     "negative weight decay": (lambda r: _set(r, "model.init_args.weight_decay", -0.1), "model.init_args.weight_decay:",
                               "must be ≥ 0"),
+    "an FSDP variant the library does not have": (lambda r: _set(r, "trainer.strategy", "fsdp_cpu_offload"),
+                                                  "trainer.strategy:", "use strategy: fsdp"),
     "zero max_grad_norm": (lambda r: _set(r, "model.init_args.max_grad_norm", 0.0), "model.init_args.max_grad_norm:",
                            "or null (no clipping)"),
 }
