@@ -15,6 +15,7 @@ from typing import Any, Iterator, Literal, Optional, Union
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch import Tensor, nn
 
 from rlhf_lightning.batches import SequenceBatch
@@ -22,6 +23,7 @@ from rlhf_lightning.critic import load_value_model, sequence_scores, token_value
 from rlhf_lightning.distributed import FSDP2Strategy, is_sharded, shard, strategy_problems
 from rlhf_lightning.distributed.export import save_sharded_hf_directory
 from rlhf_lightning.distributed.fsdp import upcast_trainable
+from rlhf_lightning.distributed.zero3 import is_partitioned
 from rlhf_lightning.errors import RecipeError, raise_all
 from rlhf_lightning.generation import Generation, Generator, HFGenerator, SamplingParams
 from rlhf_lightning.logprobs import response_logprobs, sequence_nll
@@ -385,11 +387,11 @@ class RLHFModule(LightningModule):
         """
         chunks = [minibatch] if forward is not None or not self.micro_batch_size else minibatch.split(self.micro_batch_size)
         metrics: dict[str, float] = defaultdict(float)
-        for chunk in chunks:
+        for index, chunk in enumerate(chunks):
             logprobs, outputs = forward if forward is not None else self._forward(chunk)
             loss, chunk_metrics = self.objective.loss(logprobs, chunk, **outputs)
             weight = self.objective.chunk_weight(chunk, minibatch) if len(chunks) > 1 else 1.0
-            self.manual_backward(loss * weight)
+            self._backward(loss * weight, closes_step=index == len(chunks) - 1 and pretrain is None)
             for key, value in chunk_metrics.items():
                 metrics[key] += float(value) * weight
         if pretrain is not None:  # the pretraining mix (InstructGPT PPO-ptx): + coef · token NLL on pretraining text
@@ -472,6 +474,25 @@ class RLHFModule(LightningModule):
             if self.reference is not None and not self.reference_for_evaluation:  # no longer needed: free it
                 self.reference = None
 
+    def _backward(self, loss: Tensor, closes_step: bool) -> None:
+        """``manual_backward``; ``closes_step``: the last backward before the optimizer step.
+
+        Under DeepSpeed the engine is told which backward closes the step (it would otherwise take every
+        backward for a step of its own), and, after any other one, that a new micro-step begins: its
+        ``forward`` does that, and the module's forwards do not pass through the engine (ZeRO-3 would
+        otherwise overwrite the gradients of the earlier micro-batches instead of adding to them).
+        """
+        engine = self.trainer.strategy.deepspeed_engine if self._uses_deepspeed else None
+        if engine is not None:
+            engine.set_gradient_accumulation_boundary(closes_step)
+        self.manual_backward(loss)
+        if engine is not None and not closes_step and hasattr(engine.optimizer, "clear_backward_seen_flag"):
+            engine.optimizer.clear_backward_seen_flag()
+
+    @property
+    def _uses_deepspeed(self) -> bool:
+        return self._trainer is not None and isinstance(self.trainer.strategy, DeepSpeedStrategy)
+
     def _backward_ptx(self, pretrain: dict) -> float:
         """Backward of ``pretrain_coef × (mean token NLL of the policy on the pretraining batch)``; returns the NLL.
 
@@ -487,7 +508,7 @@ class RLHFModule(LightningModule):
             rows = slice(start, start + size)
             nll = sequence_nll(self.policy, input_ids[rows], attention_mask[rows])
             weight = targets[rows].sum() / total_targets
-            self.manual_backward(self.objective.needs.pretrain_coef * nll * weight)
+            self._backward(self.objective.needs.pretrain_coef * nll * weight, closes_step=start + size >= len(input_ids))
             nll_total += float(nll.detach() * weight)
         return nll_total
 
@@ -614,7 +635,7 @@ class RLHFModule(LightningModule):
         and written by rank 0 in the dtype they were loaded in; other ranks return ``None``.
         """
         writer = self._trainer is None or self.trainer.is_global_zero
-        if is_sharded(self.policy):
+        if is_sharded(self.policy) or is_partitioned(self.policy):
             return save_sharded_hf_directory(self.policy, self.tokenizer, directory, merge_lora=merge_lora,
                                              dtype=self._export_dtype, writer=writer)
         return save_hf_directory(self.policy, self.tokenizer, directory, merge_lora=merge_lora) if writer else None

@@ -21,10 +21,16 @@ from lightning.pytorch import Callback  # noqa: E402
 
 from rlhf_lightning.cli import RLHFCLI  # noqa: E402
 from rlhf_lightning.distributed import is_sharded  # noqa: E402
+from rlhf_lightning.distributed.zero3 import is_partitioned  # noqa: E402
 
 
 def full_weights(model) -> dict[str, torch.Tensor]:
-    """The full weights on every rank (all-gathered shards under FSDP)."""
+    """The full weights on every rank (all-gathered shards under FSDP, gathered partitions under ZeRO-3)."""
+    if is_partitioned(model):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters())):
+            return {key: value.detach().float().cpu().clone() for key, value in model.state_dict().items()}
     if is_sharded(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -49,6 +55,8 @@ class RecordRun(Callback):
         weights = full_weights(pl_module.policy)
         digest = {key: [float(value.sum()), float(value.abs().sum())] for key, value in sorted(weights.items())}
         record = {"losses": self.losses, "digest": digest, "sharded": is_sharded(pl_module.policy),
+                  "zero_partitioned": any(hasattr(p, "ds_id") for p in pl_module.policy.parameters()),
+                  "local_numel": sum(p.numel() for p in pl_module.policy.parameters()),
                   "world_size": trainer.world_size, "global_step": trainer.global_step,
                   "strategy": type(trainer.strategy).__name__}
         self.out.mkdir(parents=True, exist_ok=True)
@@ -62,7 +70,7 @@ class RecordRun(Callback):
 def main() -> None:
     out, crash_at, ckpt, args = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4:]
     cli = RLHFCLI(args=args[1:] if args and args[0] == "fit" else args, run=False)
-    cli.trainer.callbacks.append(RecordRun(out, crash_at))
+    cli.trainer.callbacks.insert(0, RecordRun(out, crash_at))  # before the export (which merges LoRA on rank 0)
     cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=None if ckpt == "-" else ckpt)
 
 

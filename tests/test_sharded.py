@@ -1,11 +1,13 @@
-"""Two CPU processes (gloo) under FSDP2 (``strategy: fsdp``): the same training as DDP and as one process,
-sharded checkpoints that resume exactly, and an export gathered to one Hugging Face directory.
+"""Two CPU processes (gloo) under each sharded strategy (FSDP2, DeepSpeed ZeRO-2 and ZeRO-3): the same
+training as DDP and as one process, sharded checkpoints that resume exactly, and an export gathered to one
+Hugging Face directory.
 
 Online objectives sample with each rank's own random stream, so a two-process run draws other samples than
 a one-process run: they are compared with DDP on two processes (the same samples, unsharded weights).
 Offline DPO sees the same rows either way and is compared with one process. Tolerances: losses 1e-5
 absolute, weight digests 1e-4 relative (the sharded reduce-scatter sums in another order than DDP's
-all-reduce; on this CPU both come out bit-identical).
+all-reduce). ZeRO-3 runs with ``param_persistence_threshold: 0``, so that even the tiny model's weights are
+partitioned (DeepSpeed keeps small tensors whole by default).
 """
 
 from __future__ import annotations
@@ -27,10 +29,17 @@ from test_offline_end_to_end import offline_args, offline_files
 TESTS = Path(__file__).parent
 ON_CPU = ["--trainer.accelerator", "cpu"]
 EXPORT = ["--trainer.callbacks+=rlhf_lightning.callbacks.ExportPolicy"]
+STRATEGIES = {
+    "fsdp": ["--trainer.strategy", "fsdp"],
+    "zero2": ["--trainer.strategy", "deepspeed_stage_2"],
+    "zero3": ["--trainer.strategy", "rlhf_lightning.distributed.deepspeed.ZeroStrategy", "--trainer.strategy.stage", "3",
+              "--trainer.strategy.param_persistence_threshold", "0"],
+}
 ONLINE = {
-    # REBEL with a small max_grad_norm, so that clipping acts and must use the norm over all shards
+    # REBEL with a small max_grad_norm, so that clipping acts and must use the norm over all shards, and two
+    # micro-batches per step, whose gradients must add up
     "rebel": (["--model.objective", "rlhf_lightning.objectives.REBEL", "--model.objective.inner_epochs", "2",
-               "--model.max_grad_norm", "0.05"], []),
+               "--model.max_grad_norm", "0.05", "--model.micro_batch_size", "4"], []),
     "ppo": (["--model.objective", "rlhf_lightning.objectives.PPO", "--model.objective.inner_epochs", "2"], ["critic"]),
     "rebel_lora": (["--model.objective", "rlhf_lightning.objectives.REBEL", "--model.policy.lora.r", "4",
                     "--model.policy.lora.alpha", "8"], []),
@@ -45,7 +54,7 @@ def checkpointing(root: Path) -> list[str]:
 
 def launch(out: Path, args: list[str], crash_at: int = -1, ckpt: str = "-") -> dict:
     """Run ``tests/distributed_run.py`` (Lightning starts the second rank); each rank's record."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu",
            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run([sys.executable, str(TESTS / "distributed_run.py"), str(out), str(crash_at), ckpt, *args],
                             env=env, capture_output=True, text=True, timeout=600)
@@ -58,7 +67,8 @@ def launch(out: Path, args: list[str], crash_at: int = -1, ckpt: str = "-") -> d
 
 def online_args(tiny_model, tiny_data, root: Path, name: str, strategy: str, devices: int, extra=()) -> list[str]:
     objective, needs = ONLINE[name]
-    options = ["--trainer.strategy", strategy, "--trainer.devices", str(devices), "--data.batch_size", str(8 // devices),
+    options = [*STRATEGIES.get(strategy, ["--trainer.strategy", strategy]), "--trainer.devices", str(devices),
+               "--data.batch_size", str(8 // devices),
                *ON_CPU, *EXPORT, *extra]
     if "critic" in needs:
         options += ["--model.critic.path", str(tiny_model)]
@@ -99,30 +109,46 @@ def runs(tmp_path_factory, tiny_model, tiny_data):
     return get
 
 
+def assert_sharded(record: dict, strategy: str) -> None:
+    expected = {"fsdp": "FSDP2Strategy", "zero2": "ZeroStrategy", "zero3": "ZeroStrategy"}[strategy]
+    assert record["strategy"] == expected and record["world_size"] == 2
+    assert record["sharded"] == (strategy == "fsdp")
+    assert record["zero_partitioned"] == (strategy == "zero3")
+    if strategy == "zero3":
+        assert record["local_numel"] == 0  # every weight partitioned away between steps
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
 @pytest.mark.parametrize("name", list(ONLINE))
-def test_fsdp_trains_as_ddp_does(runs, name):
+def test_sharded_training_equals_ddp(runs, name, strategy):
     """Same losses, same weights; every rank sees the same full weights; the export is the gathered weights."""
-    fsdp, fsdp_root = runs(name, "fsdp", 2)
+    sharded, sharded_root = runs(name, strategy, 2)
     ddp, ddp_root = runs(name, "ddp", 2)
-    assert fsdp["rank0"]["sharded"] and fsdp["rank0"]["strategy"] == "FSDP2Strategy"
-    assert not ddp["rank0"]["sharded"]
-    assert fsdp["rank0"]["digest"] == fsdp["rank1"]["digest"]
-    assert_same_run(fsdp["rank0"], ddp["rank0"])
+    assert_sharded(sharded["rank0"], strategy)
+    assert sharded["rank0"]["digest"] == sharded["rank1"]["digest"]
+    assert_same_run(sharded["rank0"], ddp["rank0"])
     if name.endswith("lora"):  # merged on the shards, gathered: DDP's in-place merge (up to fp32 rounding)
         ddp_export = AutoModelForCausalLM.from_pretrained(ddp_root / "policy").state_dict()
-        assert_export_equals(fsdp_root / "policy", {k: v.float() for k, v in ddp_export.items()}, atol=1e-6)
+        assert_export_equals(sharded_root / "policy", {k: v.float() for k, v in ddp_export.items()}, atol=1e-6)
     else:
-        assert_export_equals(fsdp_root / "policy", load_file(fsdp_root / "weights.safetensors"))
+        assert_export_equals(sharded_root / "policy", load_file(sharded_root / "weights.safetensors"))
 
 
-@pytest.mark.parametrize("name", ["rebel", "ppo"])
-def test_fsdp_resume_matches_uninterrupted_run(runs, tiny_model, tiny_data, tmp_path, name):
+SLOW = pytest.mark.slow
+RESUMED = [("fsdp", "rebel"), pytest.param("fsdp", "ppo", marks=SLOW), ("zero2", "rebel"), ("zero3", "rebel"),
+           pytest.param("zero3", "ppo", marks=SLOW)]
+
+
+@pytest.mark.parametrize("strategy, name", RESUMED)
+def test_sharded_resume_matches_uninterrupted_run(runs, tiny_model, tiny_data, tmp_path, strategy, name):
     """Crash at the start of rollout batch 2 of 3 and resume from the sharded checkpoint: the same run."""
-    full, _ = runs(name, "fsdp", 2)
-    args = online_args(tiny_model, tiny_data, tmp_path, name, "fsdp", 2, extra=checkpointing(tmp_path))
+    full, _ = runs(name, strategy, 2)
+    args = online_args(tiny_model, tiny_data, tmp_path, name, strategy, 2, extra=checkpointing(tmp_path))
     launch(tmp_path / "crashed", args, crash_at=2)
     last = tmp_path / "checkpoints" / "last.ckpt"
-    assert last.is_dir() and len(list(last.glob("*.distcp"))) == 2  # one shard file per rank
+    assert last.is_dir()
+    shards = list(last.glob("*.distcp")) if strategy == "fsdp" else list(last.glob("checkpoint/*optim_states.pt"))
+    assert len(shards) == 2  # one file per rank
     assert not list((tmp_path / "checkpoints").glob("*.partial"))
     resumed = launch(tmp_path / "resumed", args, ckpt=str(last))
     assert resumed["rank0"]["global_step"] == full["rank0"]["global_step"]
@@ -130,16 +156,17 @@ def test_fsdp_resume_matches_uninterrupted_run(runs, tiny_model, tiny_data, tmp_
     assert_same_run(resumed["rank0"], tail)
 
 
-def test_fsdp_dpo_matches_one_process(tiny_model, tmp_path):
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_sharded_dpo_equals_one_process(tiny_model, tmp_path, strategy):
     files = offline_files(tmp_path / "data")
     objective = ["--model.objective", "rlhf_lightning.objectives.DPO", "--model.objective.beta", "0.1"]
 
-    def run(strategy: str, devices: int) -> dict:
-        root = tmp_path / f"{strategy}_{devices}"
+    def run(options: list[str], devices: int) -> dict:
+        root = tmp_path / f"run_{devices}"
         args = offline_args(tiny_model, files, root, objective, batches=3, batch_size=4 // devices, evaluate=False,
-                            extra=["--trainer.strategy", strategy, "--trainer.devices", str(devices), *ON_CPU])
+                            extra=[*options, "--trainer.devices", str(devices), *ON_CPU])
         return launch(root, args)
 
-    sharded, single = run("fsdp", 2), run("auto", 1)
-    assert sharded["rank0"]["sharded"] and not single["rank0"]["sharded"]
+    sharded, single = run(STRATEGIES[strategy], 2), run(["--trainer.strategy", "auto"], 1)
+    assert_sharded(sharded["rank0"], strategy)
     assert_same_run(sharded["rank0"], single["rank0"])

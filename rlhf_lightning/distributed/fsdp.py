@@ -96,4 +96,6 @@ def steps_with_other_ranks(model: nn.Module) -> bool:
         return False
     if torch.distributed.get_world_size() < 2:
         return False
-    return is_sharded(model) or any(hasattr(p, "ds_id") for p in model.parameters())
+    from rlhf_lightning.distributed.zero3 import is_partitioned
+
+    return is_sharded(model) or is_partitioned(model)

@@ -8,12 +8,14 @@
   and it runs on a CPU with gloo (the tests), which FSDP1 refuses. ``FSDPStrategy`` is refused with a
   message naming this one, as is a plain ``ModelParallelStrategy`` (its default mesh would shard over a
   tensor-parallel group the data is not split over).
+* ``strategy: deepspeed_stage_2`` / ``deepspeed_stage_3`` → :class:`~rlhf_lightning.distributed.deepspeed.ZeroStrategy`
+  (Lightning's ``DeepSpeedStrategy`` with ``max_grad_norm`` passed to DeepSpeed's clipping); Lightning's own
+  ``DeepSpeedStrategy`` named by class path is refused, since it would ignore ``max_grad_norm``.
 * ``strategy: ddp`` and the rest: Lightning's own.
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -21,13 +23,16 @@ import torch
 from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
 from lightning.fabric.strategies.model_parallel import _is_sharded_checkpoint
 from lightning.fabric.utilities.load import _METADATA_FILENAME
-from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy, Strategy
+from jsonargparse import Namespace
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy, Strategy
 
+from rlhf_lightning.distributed.checkpoints import save_through_partial
+from rlhf_lightning.distributed.deepspeed import ZeroStrategy
 from rlhf_lightning.distributed.fsdp import sharded_checkpoint_state
 from rlhf_lightning.errors import RecipeError
 
 FIELD = "trainer.strategy"
-SHARDED_NAMES = {"fsdp": "FSDP2Strategy"}
+ZERO_NAMES = {"deepspeed_stage_2": 2, "deepspeed_stage_3": 3}
 
 
 class FSDP2Strategy(ModelParallelStrategy):
@@ -63,16 +68,8 @@ class FSDP2Strategy(ModelParallelStrategy):
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options: Optional[Any] = None) -> None:
         if not self._save_distributed_checkpoint:
             return super().save_checkpoint(checkpoint, filepath, storage_options)
-        path = Path(self.broadcast(str(filepath)))
-        partial = path.with_name(path.name + ".partial")
-        if self.is_global_zero and partial.exists():
-            shutil.rmtree(partial)
-        self.barrier("checkpoint_partial_clean")
-        super().save_checkpoint(checkpoint, partial, storage_options)
-        self.barrier("checkpoint_written")
-        if self.is_global_zero:
-            replace_path(partial, path)
-        self.barrier("checkpoint_renamed")
+        save_through_partial(self, filepath, lambda partial: super(FSDP2Strategy, self).save_checkpoint(
+            checkpoint, partial, storage_options))
 
     def load_checkpoint(self, checkpoint_path, weights_only: Optional[bool] = None) -> dict[str, Any]:
         path = Path(self.broadcast(str(checkpoint_path)))
@@ -95,19 +92,6 @@ class FSDP2Strategy(ModelParallelStrategy):
         return torch.load(path / _METADATA_FILENAME, weights_only=weights_only)
 
 
-def replace_path(source: Path, target: Path) -> None:
-    """Move ``source`` (a file or folder) to ``target``, replacing what is there; the old one is removed
-    only after the new one is in place."""
-    old = target.with_name(target.name + ".old")
-    if old.exists():
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
-    if target.exists() or target.is_symlink():
-        target.rename(old)
-    source.rename(target)
-    if old.exists():
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
-
-
 def strategy_from_flag(flag: Union[str, Strategy, Any]) -> Union[str, Strategy, Any]:
     """The recipe's ``trainer.strategy`` with the library's names resolved: ``fsdp`` → :class:`FSDP2Strategy`
     (as a ``class_path`` entry, so that the saved ``config.yaml`` names it).
@@ -119,11 +103,12 @@ def strategy_from_flag(flag: Union[str, Strategy, Any]) -> Union[str, Strategy, 
         return flag
     name = flag.strip().lower()
     if name == "fsdp":
-        from jsonargparse import Namespace
-
         return Namespace(class_path=f"{FSDP2Strategy.__module__}.{FSDP2Strategy.__name__}", init_args=Namespace())
-    if name.startswith("fsdp"):
-        raise RecipeError(FIELD, f"'{flag}' is not a strategy of this library",
+    if name in ZERO_NAMES:
+        return Namespace(class_path="rlhf_lightning.distributed.deepspeed.ZeroStrategy",
+                         init_args=Namespace(stage=ZERO_NAMES[name]))
+    if name.startswith(("fsdp", "deepspeed")):
+        raise RecipeError(FIELD, f"'{flag}' is not a sharded strategy of this library",
                           "use strategy: fsdp (FSDP2 over all processes), deepspeed_stage_2 or deepspeed_stage_3")
     return flag
 
@@ -139,6 +124,11 @@ def strategy_problems(strategy: Strategy, precision: str) -> list[RecipeError]:
         problems.append(RecipeError(FIELD, "a plain ModelParallelStrategy shards over a tensor-parallel group the "
                                            "data is not split over, and tensor parallelism is not supported",
                                     "use strategy: fsdp (rlhf_lightning.distributed.FSDP2Strategy)"))
+    elif isinstance(strategy, DeepSpeedStrategy) and not isinstance(strategy, ZeroStrategy):
+        problems.append(RecipeError(FIELD, "Lightning's DeepSpeedStrategy clips nothing under manual optimisation, "
+                                           "so model.init_args.max_grad_norm would be ignored",
+                                    "use strategy: deepspeed_stage_2 or deepspeed_stage_3 "
+                                    "(rlhf_lightning.distributed.deepspeed.ZeroStrategy)"))
     elif isinstance(strategy, FSDP2Strategy) and precision in ("bf16-true", "16-true"):
         problems.append(RecipeError("trainer.precision", f"{precision} would cast the sharded fp32 master weights to "
                                                          "half precision, so small updates round away",
