@@ -15,7 +15,7 @@ export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export WANDB_MODE ?= offline
 
-.PHONY: venv quickstart test test-slow pipeline table1 vs-trl clean-runs
+.PHONY: venv quickstart test test-slow test-gpu pipeline table1 vs-trl memory clean-runs
 
 venv: $(STAMP)
 
@@ -60,6 +60,17 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# checks that need a CUDA GPU (QLoRA, bf16 FSDP2 and DeepSpeed on one GPU, generation throughput); each
+# figure is printed and written to runs/gpu_results.json
+test-gpu: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[test,qlora]"
+	mkdir -p runs
+	RLHF_GPU_RESULTS=runs/gpu_results.json $(BIN)/python -m pytest -q -s -m gpu tests/gpu
+
+# the per-GPU memory model (DDP / FSDP2 / ZeRO-2 / ZeRO-3) and its check against 2-process CPU runs
+memory: $(STAMP)
+	$(BIN)/python benchmarks/memory.py --measure
 
 clean-runs:
 	rm -rf runs/quickstart

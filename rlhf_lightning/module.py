@@ -228,7 +228,8 @@ class RLHFModule(LightningModule):
         if self.policy is not None:
             return
         if self._trainer is not None:
-            raise_all(strategy_problems(self.trainer.strategy, str(self.trainer.precision)))
+            raise_all(strategy_problems(self.trainer.strategy, str(self.trainer.precision),
+                                        load_in_4bit=self.policy_config.load_in_4bit))
         self.tokenizer = self._policy_tokenizer()
         config = self.policy_model_config()
         raise_all(tokenizer_problems(self.tokenizer, config, "model.init_args.policy.tokenizer"))
@@ -366,9 +367,9 @@ class RLHFModule(LightningModule):
         if self.critic is not None:
             groups.append({"params": [p for p in self.critic.parameters() if p.requires_grad],
                            "lr": self.critic_lr or self.lr})
-        if has_low_precision(p for group in groups for p in group["params"]):
+        if has_low_precision(p for group in groups for p in group["params"]) and not self._uses_deepspeed:
             # bf16/fp16 weights (dtype: bfloat16, or precision: bf16-true): step fp32 master copies, or small
-            # updates would be rounded away (see rlhf_lightning.optim)
+            # updates would be rounded away (see rlhf_lightning.optim). DeepSpeed keeps fp32 masters itself.
             optimizer = MasterWeightAdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
         else:
             optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)

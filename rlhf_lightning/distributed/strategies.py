@@ -113,9 +113,14 @@ def strategy_from_flag(flag: Union[str, Strategy, Any]) -> Union[str, Strategy, 
     return flag
 
 
-def strategy_problems(strategy: Strategy, precision: str) -> list[RecipeError]:
-    """What the module cannot train under ``strategy`` at ``precision`` correctly: one error per problem."""
+def strategy_problems(strategy: Strategy, precision: str, load_in_4bit: bool = False) -> list[RecipeError]:
+    """What the module cannot train under ``strategy`` at ``precision`` (``load_in_4bit``: a QLoRA policy)
+    correctly: one error per problem."""
     problems = []
+    if load_in_4bit and isinstance(strategy, (FSDP2Strategy, ZeroStrategy)):
+        problems.append(RecipeError("model.init_args.policy.load_in_4bit", "4-bit (QLoRA) weights are not sharded by "
+                                    "FSDP2 or DeepSpeed in this library",
+                                    "use strategy: ddp (every GPU holds the 4-bit base, a quarter of bf16's size)"))
     if isinstance(strategy, FSDPStrategy):
         problems.append(RecipeError(FIELD, "Lightning's FSDPStrategy (FSDP1) is not supported: the module shards its "
                                            "models itself with FSDP2",
