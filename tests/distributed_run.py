@@ -56,6 +56,8 @@ class RecordRun(Callback):
         digest = {key: [float(value.sum()), float(value.abs().sum())] for key, value in sorted(weights.items())}
         record = {"losses": self.losses, "digest": digest, "sharded": is_sharded(pl_module.policy),
                   "zero_partitioned": any(hasattr(p, "ds_id") for p in pl_module.policy.parameters()),
+                  "others_sharded": [is_sharded(m) or is_partitioned(m) for m in (pl_module.reference, pl_module.critic)
+                                     if m is not None],
                   "local_numel": sum(p.numel() for p in pl_module.policy.parameters()),
                   "world_size": trainer.world_size, "global_step": trainer.global_step,
                   "strategy": type(trainer.strategy).__name__}

@@ -72,6 +72,9 @@ def online_args(tiny_model, tiny_data, root: Path, name: str, strategy: str, dev
                *ON_CPU, *EXPORT, *extra]
     if "critic" in needs:
         options += ["--model.critic.path", str(tiny_model)]
+    if name.endswith("lora"):  # also the adapter alone
+        options += ["--trainer.callbacks+=rlhf_lightning.callbacks.ExportPolicy", "--trainer.callbacks.dirpath",
+                    str(root / "adapter"), "--trainer.callbacks.merge_lora", "false"]
     return without_evaluation(tiny_run_args(tiny_model, tiny_data, root, batches=3, objective=objective, extra=options))
 
 
@@ -116,6 +119,8 @@ def assert_sharded(record: dict, strategy: str) -> None:
     assert record["zero_partitioned"] == (strategy == "zero3")
     if strategy == "zero3":
         assert record["local_numel"] == 0  # every weight partitioned away between steps
+    if strategy in ("fsdp", "zero3"):  # the frozen reference and the critic too
+        assert all(record["others_sharded"]), record["others_sharded"]
 
 
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
@@ -130,6 +135,11 @@ def test_sharded_training_equals_ddp(runs, name, strategy):
     if name.endswith("lora"):  # merged on the shards, gathered: DDP's in-place merge (up to fp32 rounding)
         ddp_export = AutoModelForCausalLM.from_pretrained(ddp_root / "policy").state_dict()
         assert_export_equals(sharded_root / "policy", {k: v.float() for k, v in ddp_export.items()}, atol=1e-6)
+        sharded_adapter, ddp_adapter = (load_file(root / "adapter" / "adapter_model.safetensors")
+                                        for root in (sharded_root, ddp_root))
+        assert sharded_adapter.keys() == ddp_adapter.keys() and all("lora_" in key for key in sharded_adapter)
+        for key, value in ddp_adapter.items():
+            torch.testing.assert_close(sharded_adapter[key], value, rtol=0, atol=1e-6, msg=key)
     else:
         assert_export_equals(sharded_root / "policy", load_file(sharded_root / "weights.safetensors"))
 
