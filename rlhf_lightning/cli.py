@@ -21,6 +21,7 @@ import warnings
 from argparse import ArgumentError
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
@@ -28,8 +29,10 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 
 from rlhf_lightning.callbacks import Rollout
+from rlhf_lightning.checkpoint_io import read_problem
 from rlhf_lightning.distributed.strategies import strategy_from_flag
 from rlhf_lightning.errors import RecipeError
+from rlhf_lightning.guards import TrainingDiverged
 from rlhf_lightning.imports import import_object
 from rlhf_lightning.module import RLHFModule
 
@@ -76,6 +79,17 @@ class RLHFCLI(LightningCLI):
             super().parse_arguments(parser, args)
         except ArgumentError as error:
             raise explain_parse_error(str(error), _subcommand_parser(parser, args)) from None
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the checkpoint once for its hyperparameters, before the trainer does
+        try:
+            super()._parse_ckpt_path()
+        except Exception as error:
+            path = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
+            problem = read_problem(Path(path), error) if path else None
+            if problem is None:
+                raise
+            raise problem from None
 
     def add_arguments_to_parser(self, parser) -> None:
         # the rollout callback at its own top-level key (LightningCLI adds it to the trainer's callbacks), so
@@ -443,7 +457,8 @@ def recipe_dirs(args: Sequence[str]) -> list[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    """Console entry point; bad input ends in one clear message and exit code 2."""
+    """Console entry point; bad input ends in one clear message and exit code 2, a run stopped by a non-finite
+    reward, loss or gradient in one message and exit code 3."""
     os.environ.setdefault("WANDB_SILENT", "true")
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in {"-h", "--help"} and len(argv) == 1:
@@ -460,6 +475,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     except ArgumentError as error:  # a parser error not raised through RLHFCLI.parse_arguments
         print(f"rlhf-lightning: error in the recipe: {explain_parse_error(str(error))}", file=sys.stderr)
         raise SystemExit(2) from None
+    except TrainingDiverged as error:  # a NaN/inf reward, loss or gradient: stopped before the weights changed
+        print(f"rlhf-lightning: training stopped: {error}", file=sys.stderr)
+        raise SystemExit(3) from None
     except Exception as error:
         # A RecipeError arrives as is from Lightning hooks (configure_model, datamodule setup: Lightning
         # tears the run down and re-raises it), but wrapped in a ValueError when a class's __init__

@@ -19,6 +19,7 @@ from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch import Tensor, nn
 
 from rlhf_lightning.batches import SequenceBatch
+from rlhf_lightning.checkpoint_io import install as install_safe_checkpoint_io
 from rlhf_lightning.critic import load_value_model, sequence_scores, token_values, value_model_parts
 from rlhf_lightning.distributed import FSDP2Strategy, is_sharded, shard, strategy_problems
 from rlhf_lightning.distributed.export import save_sharded_hf_directory
@@ -26,6 +27,7 @@ from rlhf_lightning.distributed.fsdp import upcast_trainable
 from rlhf_lightning.distributed.zero3 import is_partitioned
 from rlhf_lightning.errors import RecipeError, raise_all
 from rlhf_lightning.generation import Generation, Generator, HFGenerator, SamplingParams
+from rlhf_lightning.guards import gradient_norm, require_finite
 from rlhf_lightning.logprobs import response_logprobs, sequence_nll
 from rlhf_lightning.models import (ModelConfig, context_length, disable_dropout, freeze, load_causal_lm,
                                    load_model_config, load_tokenizer, same_tokenizer, save_hf_directory,
@@ -230,6 +232,7 @@ class RLHFModule(LightningModule):
         if self._trainer is not None:
             raise_all(strategy_problems(self.trainer.strategy, str(self.trainer.precision),
                                         load_in_4bit=self.policy_config.load_in_4bit))
+            install_safe_checkpoint_io(self.trainer.strategy)
         self.tokenizer = self._policy_tokenizer()
         config = self.policy_model_config()
         raise_all(tokenizer_problems(self.tokenizer, config, "model.init_args.policy.tokenizer"))
@@ -391,6 +394,7 @@ class RLHFModule(LightningModule):
         for index, chunk in enumerate(chunks):
             logprobs, outputs = forward if forward is not None else self._forward(chunk)
             loss, chunk_metrics = self.objective.loss(logprobs, chunk, **outputs)
+            require_finite("loss", loss, self._batch_number, self.reduce_sum)
             weight = self.objective.chunk_weight(chunk, minibatch) if len(chunks) > 1 else 1.0
             self._backward(loss * weight, closes_step=index == len(chunks) - 1 and pretrain is None)
             for key, value in chunk_metrics.items():
@@ -439,11 +443,7 @@ class RLHFModule(LightningModule):
         start = time.perf_counter()
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         metrics = self._backward_minibatch(self._with_reference(batch))
-        if self.max_grad_norm:
-            self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
+        self._optimizer_step(optimizer, scheduler)
         seconds = time.perf_counter() - start
         self._busy_seconds += seconds
         self._samples_generated += len(batch)
@@ -474,6 +474,29 @@ class RLHFModule(LightningModule):
                                                          self.device, show_progress=self.trainer.is_global_zero)
             if self.reference is not None and not self.reference_for_evaluation:  # no longer needed: free it
                 self.reference = None
+
+    def _optimizer_step(self, optimizer, scheduler) -> None:
+        """Check that the gradients are finite, clip them, step the optimizer and the learning-rate schedule.
+
+        The gradient norm is checked before clipping (which would turn an infinite gradient into a zero
+        update); under DeepSpeed the gradients live in its own partitions, and the loss check stands in.
+        """
+        if not self._uses_deepspeed:
+            norm = gradient_norm(p for group in optimizer.param_groups for p in group["params"])
+            if norm is not None:
+                require_finite("gradient norm", norm, self._batch_number)  # gradients are synced: same on all ranks
+        if self.max_grad_norm:
+            self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+
+    @property
+    def _batch_number(self) -> int:
+        """The current training batch, counted from 1 over the whole run (a resumed run included)."""
+        if self._trainer is None:
+            return 0
+        return int(self.trainer.fit_loop.epoch_loop.batch_progress.total.ready)
 
     def _backward(self, loss: Tensor, closes_step: bool) -> None:
         """``manual_backward``; ``closes_step``: the last backward before the optimizer step.
@@ -548,7 +571,9 @@ class RLHFModule(LightningModule):
                                                              samples.prompt_length, samples.temperature,
                                                              with_entropy=True)
         # 2. shaped rewards
+        require_finite("reward", samples.rewards, self._batch_number, self.reduce_sum)
         rollout = samples.with_policy_logprobs(old_logprobs, entropy)
+        require_finite("shaped reward", rollout.shaped_rewards, self._batch_number, self.reduce_sum)
         # 3. prepare
         with torch.no_grad():
             prepared = self.objective.prepare(rollout, self.reduce_sum)
@@ -563,12 +588,7 @@ class RLHFModule(LightningModule):
                 for key, value in self._backward_minibatch(minibatch, pretrain, first_forward).items():
                     totals[key] += value
                 first_forward = None  # one step only: later minibatches need a fresh forward
-                if self.max_grad_norm:
-                    self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm,
-                                        gradient_clip_algorithm="norm")
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
+                self._optimizer_step(optimizer, scheduler)
                 updates += 1
         # 5. engine weights, bookkeeping and logging
         self.generator.sync_weights(self.policy)

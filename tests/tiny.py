@@ -68,6 +68,19 @@ def good_word_reward(prompts: list[str], responses: list[str]) -> list[float]:
     return out
 
 
+FAULTY_REWARD = {"calls": 0, "from_call": 3, "value": float("nan")}
+
+
+def faulty_reward(prompts: list[str], responses: list[str]) -> list[float]:
+    """``good_word_reward`` until call ``FAULTY_REWARD["from_call"]``, then ``FAULTY_REWARD["value"] × (1 + good
+    word share)`` (NaN, infinite, or huge and varying): a reward source that breaks mid-run."""
+    FAULTY_REWARD["calls"] += 1
+    rewards = good_word_reward(prompts, responses)
+    if FAULTY_REWARD["calls"] >= FAULTY_REWARD["from_call"]:
+        return [FAULTY_REWARD["value"] * (1.0 + r) for r in rewards]
+    return rewards
+
+
 def answer_reward(prompts: list[str], responses: list[str], answer: list[str]) -> list[float]:
     """A verifiable reward: 1 when the response's first word is the row's ``answer`` column, else 0."""
     return [float(bool(response.split()) and response.split()[0] == expected)

@@ -1,0 +1,88 @@
+"""Single-file checkpoints that a crash or a full disk cannot truncate, and one clear message for a bad one.
+
+Lightning's save writes the file in the system temp folder and moves it; when the checkpoint folder is on
+another filesystem the move is a copy that truncates the target first, so a kill during it leaves a
+truncated ``last.ckpt``. :class:`SafeCheckpointIO` writes a temp file next to the target, flushes and
+fsyncs it, renames it over the target (atomic within one filesystem) and fsyncs the folder; on any failure
+the temp file is removed and the previous checkpoint stays as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from rlhf_lightning.errors import RecipeError
+
+FIELD = "ckpt_path"
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` with a same-folder temp file, fsync and rename for local paths."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
+        if storage_options is not None or not _is_local_file_protocol(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+        try:
+            with os.fdopen(handle, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temp, target)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+        folder = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+    def load_checkpoint(self, path, map_location: Optional[Callable] = lambda storage, loc: storage,
+                        weights_only: Optional[bool] = None) -> dict[str, Any]:
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        except Exception as error:
+            problem = read_problem(Path(path), error)
+            if problem is None:
+                raise
+            raise problem from None
+
+
+def read_problem(path: Path, error: BaseException) -> Optional[RecipeError]:
+    """The one-line error for a checkpoint ``torch.load`` could not read (``None`` for other errors): refused
+    because it would run code when unpickled, or truncated/damaged (naming the newest other checkpoint)."""
+    if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in str(error):
+        return RecipeError(FIELD, f"'{path}' holds objects other than tensors and plain values, which are not "
+                                  "loaded (a checkpoint that runs code when loaded is refused)",
+                           "resume from a checkpoint this library wrote")
+    if isinstance(error, FileNotFoundError) or not isinstance(error, (EOFError, RuntimeError, OSError, ValueError,
+                                                                       pickle.UnpicklingError)):
+        return None
+    return damaged(path, error)
+
+
+def damaged(path: Path, error: BaseException) -> RecipeError:
+    """The error for a checkpoint that cannot be read, naming the other checkpoints of its folder."""
+    others = sorted((p for p in path.parent.glob("*.ckpt") if p.resolve() != path.resolve() and p.is_file()
+                     and p.stat().st_size > 0), key=lambda p: p.stat().st_mtime, reverse=True)
+    fix = (f"resume from the newest other checkpoint: --ckpt_path {others[0]}" if others
+           else "no other checkpoint is in its folder: start the run afresh")
+    reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+    return RecipeError(FIELD, f"'{path}' cannot be read (truncated or damaged: {reason})", fix)
+
+
+def install(strategy) -> None:
+    """Use :class:`SafeCheckpointIO` where the strategy would use Lightning's plain ``TorchCheckpointIO``."""
+    if type(strategy.checkpoint_io) is TorchCheckpointIO:
+        strategy.checkpoint_io = SafeCheckpointIO()
