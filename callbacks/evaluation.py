@@ -66,6 +66,13 @@ class WinRateEvaluation(Callback):
         self.history: list[dict] = []
 
     # ------------------------------------------------------------------ hooks
+    def state_dict(self) -> dict:
+        """The evaluations so far: a resumed run's history and plot keep those from before the crash."""
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = list(state_dict.get("history", []))
+
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         pl_module = require_rlhf_module(pl_module, "trainer.callbacks[WinRateEvaluation]")
         if self.judge is None and pl_module.reward is None:

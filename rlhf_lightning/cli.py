@@ -13,6 +13,7 @@ recipe is instantiated or trained is printed by :func:`main`.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
 import os
 import re
@@ -28,6 +29,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 
+from rlhf_lightning import __version__
 from rlhf_lightning.callbacks import Rollout
 from rlhf_lightning.checkpoint_io import read_problem
 from rlhf_lightning.distributed.strategies import strategy_from_flag
@@ -79,6 +81,14 @@ class RLHFCLI(LightningCLI):
             super().parse_arguments(parser, args)
         except ArgumentError as error:
             raise explain_parse_error(str(error), _subcommand_parser(parser, args)) from None
+
+    def before_fit(self) -> None:
+        """Record in ``summary.json`` where the run came from: seed, a hash of the resolved recipe, version."""
+        config = self.config.get(str(self.subcommand), self.config)
+        text = self._parser(self.subcommand).dump(config, skip_none=False, skip_validation=True)
+        self.model.summary.update(seed=config.get("seed_everything"),
+                                  config_sha256=hashlib.sha256(text.encode()).hexdigest(),
+                                  rlhf_lightning_version=__version__)
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads the checkpoint once for its hyperparameters, before the trainer does

@@ -43,6 +43,9 @@ from rlhf_lightning.step_metrics import log_step_metrics
 # written after an optimizer step are what a resumed run needs.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization")
+# The library's data modules resume exactly (their samplers continue from the data position stored in the
+# checkpoint: tests/test_training.py), so Lightning's generic warning does not apply to them.
+RESUME_WARNING = r"You're resuming from a checkpoint that ended before the epoch ended"
 
 LRSchedule = Literal["constant", "linear", "cosine"]
 PolicyForward = tuple[Optional[Tensor], dict[str, Tensor]]  # what the loss takes: log-probs and other outputs
@@ -233,6 +236,9 @@ class RLHFModule(LightningModule):
             raise_all(strategy_problems(self.trainer.strategy, str(self.trainer.precision),
                                         load_in_4bit=self.policy_config.load_in_4bit))
             install_safe_checkpoint_io(self.trainer.strategy)
+            datamodule = self.trainer.datamodule
+            if datamodule is not None and type(datamodule).__module__.startswith("rlhf_lightning."):
+                warnings.filterwarnings("ignore", message=RESUME_WARNING)
         self.tokenizer = self._policy_tokenizer()
         config = self.policy_model_config()
         raise_all(tokenizer_problems(self.tokenizer, config, "model.init_args.policy.tokenizer"))
@@ -674,6 +680,8 @@ class RLHFModule(LightningModule):
         state = checkpoint.get("state_dict", {})
         for key in self.reloaded_from_path() & set(state):
             del state[key]
+        checkpoint["run_counters"] = {"samples_generated": self._samples_generated,
+                                      "rollout_batches": self._rollout_batches, "busy_seconds": self._busy_seconds}
         checkpoint["rng_states"] = {
             "torch": torch.get_rng_state(),
             "python": list(random.getstate()[1]),
@@ -687,6 +695,11 @@ class RLHFModule(LightningModule):
         current = self.state_dict()
         for key in self.reloaded_from_path():  # as loaded from the model's path: the same weights
             state.setdefault(key, current[key])
+        counters = checkpoint.get("run_counters")
+        if counters:  # the summary counts the whole run, not only the part after the resume
+            self._samples_generated = int(counters["samples_generated"])
+            self._rollout_batches = int(counters["rollout_batches"])
+            self._busy_seconds = float(counters["busy_seconds"])
         rng = checkpoint.get("rng_states")
         if rng:
             torch.set_rng_state(rng["torch"])

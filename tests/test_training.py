@@ -163,3 +163,32 @@ def test_export_loads_with_from_pretrained(tiny_model, tiny_data, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, policy(ids).logits)
     assert json.loads((tmp_path / "summary.json").read_text())["policy_dir"] == str(exported)
+
+
+def test_resumed_run_keeps_the_whole_runs_bookkeeping(tiny_model, tiny_data, tmp_path, recwarn):
+    """After a crash and --ckpt_path last, summary.json counts the whole run, the evaluation history keeps the
+    evaluations from before the crash, the summary says where the run came from, and Lightning's
+    'not resumable' warning (wrong for these data modules) is not shown."""
+    def args(root):
+        # the evaluation's option first: --trainer.callbacks.<key> sets the callback added last
+        extra = ["--trainer.callbacks.every_n_rollouts", "2", *_checkpointing(root)]
+        return tiny_run_args(tiny_model, tiny_data, root, batches=6, extra=extra) + [
+            "--data.validation_file", str(tiny_data["validation"])]
+
+    full = run_cli(args(tmp_path / "full"))
+    crash_root = tmp_path / "crash"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit_with_callbacks(args(crash_root), CrashAt(3))
+    run_cli(args(crash_root) + ["--ckpt_path", str(crash_root / "checkpoints" / "last.ckpt")])
+    full_summary, resumed_summary = (json.loads((root / "summary.json").read_text())
+                                     for root in (tmp_path / "full", crash_root))
+    assert resumed_summary["rollout_batches"] == full_summary["rollout_batches"] == 6
+    assert resumed_summary["samples_generated"] == full_summary["samples_generated"]
+    full_history, resumed_history = (json.loads((root / "eval_history.json").read_text())
+                                     for root in (tmp_path / "full", crash_root))
+    assert [(h["rollouts"], h["split"]) for h in resumed_history] == [(h["rollouts"], h["split"]) for h in full_history]
+    assert [h["rollouts"] for h in resumed_history][:1] == [2]  # from before the crash
+    assert resumed_summary["seed"] == 0 and resumed_summary["rlhf_lightning_version"]
+    assert len(resumed_summary["config_sha256"]) == 64
+    assert not [w for w in recwarn if "resuming from a checkpoint that ended before" in str(w.message)]
+    assert full.trainer.global_step == 12
