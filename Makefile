@@ -33,16 +33,16 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 quickstart: $(STAMP)
-	$(BIN)/rlhf-lightning run recipes/quickstart.yaml
+	$(BIN)/rlhf-lightning run recipes/quickstart.yaml --overwrite true
 	@echo "summary: runs/quickstart/summary.json"
 	@cat runs/quickstart/summary.json
 
 # SFT → reward model (noisy preference pairs) → REBEL against the learned reward model, each stage
 # loading the previous stage's Hugging Face directory; outputs in runs/pipeline/{sft,reward_model,rebel}
 pipeline: $(STAMP)
-	$(BIN)/rlhf-lightning run recipes/pipeline/sft.yaml
-	$(BIN)/rlhf-lightning run recipes/pipeline/reward_model.yaml
-	$(BIN)/rlhf-lightning run recipes/pipeline/rebel.yaml
+	$(BIN)/rlhf-lightning run recipes/pipeline/sft.yaml --overwrite true
+	$(BIN)/rlhf-lightning run recipes/pipeline/reward_model.yaml --overwrite true
+	$(BIN)/rlhf-lightning run recipes/pipeline/rebel.yaml --overwrite true
 	@for stage in sft reward_model rebel; do echo "== $$stage"; cat runs/pipeline/$$stage/summary.json; echo; done
 
 # the miniature of the REBEL paper's Table 1 (9 methods × 3 seeds) → benchmarks/results/table1.{md,json}

@@ -53,7 +53,7 @@ def run_method(method: Method, seed: int, budget: int, prompts_per_batch: int, o
     """Train one method with ``budget`` generated samples; returns its summary.json."""
     root = out / "runs" / method.name / f"seed{seed}"
     args = [sys.executable, "-m", "rlhf_lightning.cli", "run", str(ROOT / method.recipe),
-            "--seed_everything", str(seed), "--trainer.default_root_dir", str(root),
+            "--seed_everything", str(seed), "--trainer.default_root_dir", str(root), "--overwrite", "true",
             "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
             "--data.init_args.batch_size", str(prompts_per_batch), *method.args]
     if method.samples_per_prompt:

@@ -28,6 +28,7 @@ from typing import Optional, Sequence
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_only
 
 from rlhf_lightning import __version__
 from rlhf_lightning.callbacks import Rollout
@@ -37,6 +38,7 @@ from rlhf_lightning.errors import RecipeError
 from rlhf_lightning.guards import TrainingDiverged
 from rlhf_lightning.imports import import_object
 from rlhf_lightning.module import RLHFModule
+from rlhf_lightning.run_folder import acquire_lock, prepare_run_folder, release_lock
 
 USAGE = """usage: rlhf-lightning run RECIPE.yaml [MORE.yaml ...] [--section.key value ...]
        rlhf-lightning {fit,validate,test} --config RECIPE.yaml [...]   (any LightningCLI command)
@@ -83,12 +85,21 @@ class RLHFCLI(LightningCLI):
             raise explain_parse_error(str(error), _subcommand_parser(parser, args)) from None
 
     def before_fit(self) -> None:
-        """Record in ``summary.json`` where the run came from: seed, a hash of the resolved recipe, version."""
+        """Keep the run folder to this run (see :mod:`rlhf_lightning.run_folder`), and record in ``summary.json``
+        where the run came from: seed, a hash of the resolved recipe, version."""
         config = self.config.get(str(self.subcommand), self.config)
+        if rank_zero_only.rank == 0:
+            root = Path(self.trainer.default_root_dir)
+            prepare_run_folder(root, resuming=bool(config.get("ckpt_path")), overwrite=bool(config.get("overwrite")))
+            self._lock = acquire_lock(root)
         text = self._parser(self.subcommand).dump(config, skip_none=False, skip_validation=True)
         self.model.summary.update(seed=config.get("seed_everything"),
                                   config_sha256=hashlib.sha256(text.encode()).hexdigest(),
                                   rlhf_lightning_version=__version__)
+
+    def after_fit(self) -> None:
+        if getattr(self, "_lock", None) is not None:
+            release_lock(self._lock)
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads the checkpoint once for its hyperparameters, before the trainer does
@@ -106,6 +117,10 @@ class RLHFCLI(LightningCLI):
         # that --rollout.kl_coef works and a second recipe can change one setting without replacing the list
         parser.add_lightning_class_args(Rollout, "rollout", subclass_mode=True, required=False)
         parser.set_defaults({"rollout": {"class_path": f"{Rollout.__module__}.{Rollout.__name__}"}})
+        parser.add_argument(
+            "--overwrite", type=bool, default=False,
+            help="a new run in a trainer.default_root_dir that holds another run's outputs removes them first "
+                 "(otherwise that is an error); a resume (--ckpt_path) continues in its folder either way")
         parser.add_argument(
             "--cpu_threads", type=Optional[int], default=None,
             help="torch intra-op threads (torch.set_num_threads). Tiny models on a CPU run far faster "

@@ -1,0 +1,82 @@
+"""One run, one folder: a new run does not write over another run's outputs, and two runs never share one.
+
+A run's outputs live in ``trainer.default_root_dir``. Starting a run (not a resume) in a folder that
+already holds another run's outputs is an error unless the recipe says ``overwrite: true`` (then those
+outputs are removed first, so that nothing of the old run mixes in). While a run writes, the folder holds
+``.run.lock`` with the process id; a second run into it stops with a message naming that process (a lock
+left by a process that no longer exists is taken over).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+from pathlib import Path
+
+from rlhf_lightning.errors import RecipeError
+
+OUTPUTS = ("summary.json", "policy", "eval_history.json", "eval_curves.png", "samples.jsonl", "checkpoints")
+LOCK = ".run.lock"
+FIELD = "trainer.default_root_dir"
+
+
+def previous_outputs(root: Path) -> list[str]:
+    return [name for name in OUTPUTS if (root / name).exists()]
+
+
+def prepare_run_folder(root: Path, resuming: bool, overwrite: bool) -> None:
+    """Refuse (or, with ``overwrite``, clear) another run's outputs in ``root``; a resume continues in place."""
+    found = previous_outputs(root)
+    if not found or resuming:
+        return
+    if not overwrite:
+        raise RecipeError(FIELD, f"'{root}' holds another run's outputs ({', '.join(found)}), which this run would "
+                                 "replace",
+                          "set another trainer.default_root_dir, resume that run with --ckpt_path last, or set "
+                          "overwrite: true (--overwrite true) to remove them first")
+    for name in found:
+        path = root / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def acquire_lock(root: Path) -> Path:
+    """Create ``root/.run.lock`` for this process (released at exit); a live holder is an error."""
+    root.mkdir(parents=True, exist_ok=True)
+    lock = root / LOCK
+    for _ in range(2):
+        try:
+            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                holder = 0
+            if holder and holder != os.getpid() and _alive(holder):
+                raise RecipeError(FIELD, f"another run (process {holder}) is writing into '{root}'",
+                                  "wait for it to end, or set another trainer.default_root_dir") from None
+            lock.unlink(missing_ok=True)  # left by a process that has ended
+            continue
+        with os.fdopen(handle, "w") as file:
+            file.write(str(os.getpid()))
+        atexit.register(release_lock, lock)
+        return lock
+    raise RecipeError(FIELD, f"cannot take the lock '{lock}'", "remove it if no run is using the folder")
+
+
+def release_lock(lock: Path) -> None:
+    try:
+        if lock.read_text().strip() == str(os.getpid()):
+            lock.unlink()
+    except (OSError, ValueError):
+        pass
