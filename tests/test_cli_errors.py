@@ -316,3 +316,12 @@ def test_unrecognised_parser_message_is_passed_on():
     error = explain_parse_error("Something new:\n  went wrong\n    somewhere")
     assert error.field == "recipe"
     assert error.problem == "Something new: went wrong somewhere"
+
+
+def test_empty_prompts_are_an_error(tiny_model, tiny_data, tmp_path, capsys):
+    train = tmp_path / "train.jsonl"
+    lines = tiny_data["train"].read_text().splitlines()
+    train.write_text("\n".join(lines[:3] + [json.dumps({"prompt": " ", "reference": "good"})] + lines[3:]) + "\n")
+    args = tiny_run_args(tiny_model, {**tiny_data, "train": train}, tmp_path / "run", batches=1)
+    message = expect_error(args, capsys)
+    assert "data.init_args.train_file:" in message and "1 of" in message and "row 3" in message, message

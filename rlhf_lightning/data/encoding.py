@@ -42,6 +42,15 @@ def prompt_text(tokenizer, prompt: Union[str, Messages]) -> str:
     return tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=False)
 
 
+def is_empty_prompt(prompt: Union[str, Messages, None]) -> bool:
+    """Whether a prompt has no text: an empty or blank string, no messages, or messages with no content."""
+    if prompt is None:
+        return True
+    if isinstance(prompt, str):
+        return not prompt.strip()
+    return not any(str(message.get("content", "")).strip() for message in prompt if isinstance(message, dict))
+
+
 def response_text(response: Union[str, dict, Messages]) -> str:
     """The text of a response given as a string, a message ``{"role", "content"}`` or a list ending in one."""
     if isinstance(response, str):

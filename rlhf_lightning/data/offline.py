@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader
 
 from rlhf_lightning.batches import SequenceBatch
 from rlhf_lightning.data.base import BadRows, OnBadRow, Records, ResumableTrainLoader, data_tokenizer, run_seed
-from rlhf_lightning.data.encoding import (collate_prompt_rows, encode_prompt, encode_response, other_columns,
-                                          pad_prompt_response, pad_rows, response_text)
+from rlhf_lightning.data.encoding import (collate_prompt_rows, encode_prompt, encode_response, is_empty_prompt,
+                                          other_columns, pad_prompt_response, pad_rows, response_text)
 from rlhf_lightning.data.files import read_records, require_columns
 from rlhf_lightning.errors import RecipeError
 
@@ -87,6 +87,8 @@ class OfflineDataModule(ResumableTrainLoader, LightningDataModule):
 
     # ------------------------------------------------------------------ shared helpers
     def _prompt(self, record: dict) -> list[int] | str:
+        if is_empty_prompt(record[self.prompt_column]):
+            return "empty prompts"
         try:
             ids = encode_prompt(self.tokenizer, record[self.prompt_column])
         except ValueError as error:
@@ -331,6 +333,8 @@ class PreferenceDataModule(OfflineDataModule):
         if isinstance(parts, str):
             return parts
         prompt, chosen, rejected = parts
+        if chosen == rejected:
+            return "identical chosen and rejected responses (no preference to learn from)"
         row = {"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected, "index": index}
         if self.margin_column:
             row["margin"] = float(record[self.margin_column])
@@ -347,6 +351,22 @@ class PreferenceDataModule(OfflineDataModule):
         return SequenceBatch(input_ids, attention_mask, width, group_size=2, extras=extras)
 
 
+DESIRABLE = {"true": True, "1": True, "yes": True, "desirable": True, "good": True,
+             "false": False, "0": False, "no": False, "undesirable": False, "bad": False}
+
+
+def desirable(label: Any) -> Optional[bool]:
+    """A KTO label as a bool; ``None`` for anything else (``-1``, ``2``, ``"maybe"``, a missing value), which
+    ``bool()`` would have read as desirable."""
+    if isinstance(label, bool):
+        return label
+    if isinstance(label, (int, float)) and label in (0, 1):
+        return bool(label)
+    if isinstance(label, str):
+        return DESIRABLE.get(label.strip().lower())
+    return None
+
+
 class UnpairedDataModule(OfflineDataModule):
     """Unpaired feedback (prompt, completion, desirable label) for KTO. Each row is followed by a
     mismatched row (its prompt with the next row's completion, ``extras["mismatched"]``) from which
@@ -354,7 +374,8 @@ class UnpairedDataModule(OfflineDataModule):
 
     Args:
         completion_column: column with the response.
-        label_column: column with the label (true/1 = desirable).
+        label_column: column with the label: true/1/"desirable" or false/0/"undesirable" (any other value is
+            a bad row, per ``on_bad_row``).
         (the others as in :class:`OfflineDataModule`)
     """
 
@@ -373,10 +394,10 @@ class UnpairedDataModule(OfflineDataModule):
         if isinstance(parts, str):
             return parts
         prompt, completion = parts
-        label = record[self.label_column]
-        if isinstance(label, str):
-            label = label.strip().lower() in {"true", "1", "yes", "desirable", "good"}
-        return {"prompt_ids": prompt, "completion_ids": completion, "label": float(bool(label)), "index": index}
+        label = desirable(record[self.label_column])
+        if label is None:
+            return "labels that are not true/false, 1/0 or desirable/undesirable"
+        return {"prompt_ids": prompt, "completion_ids": completion, "label": float(label), "index": index}
 
     def collate(self, rows: list[dict]) -> SequenceBatch:
         n = len(rows)

@@ -442,3 +442,33 @@ def test_validation_loader_keeps_order(model_dir, tmp_path):
     dm = setup(SFTDataModule(path, str(model_dir), validation_file=path, batch_size=4))
     assert [b.extras["index"].tolist() for b in dm.val_dataloader()] == [[0, 1, 2, 3], [4, 5]]
     assert setup(SFTDataModule(path, str(model_dir))).val_dataloader() == []
+
+
+def test_rows_that_would_train_on_nothing_are_bad_rows(model_dir, tmp_path):
+    """Identical chosen/rejected (zero gradient) and empty prompts are counted and skipped, not trained on."""
+    rows = PAIR_ROWS + [{"prompt": "say : cat", "chosen": "good", "rejected": "good"},
+                        {"prompt": "  ", "chosen": "good", "rejected": "bad"}]
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    with pytest.warns(UserWarning, match="skipped 2 of 4 rows") as caught:
+        dm = setup(PreferenceDataModule(str(path), str(model_dir)))
+    message = str(caught[0].message)
+    assert "1 identical chosen and rejected responses" in message and "1 empty prompts" in message, message
+    assert [r["index"] for r in dm.splits["train"]] == [0, 1]
+
+
+@pytest.mark.parametrize("label, expected", [(True, 1.0), (1, 1.0), ("desirable", 1.0), ("Yes", 1.0),
+                                             (False, 0.0), (0, 0.0), ("undesirable", 0.0), ("no", 0.0)])
+def test_kto_labels(model_dir, tmp_path, label, expected):
+    rows = [{"prompt": "say : cat", "completion": "good", "label": label},
+            {"prompt": "say : dog", "completion": "bad", "label": label}]
+    dm = setup(UnpairedDataModule(str(write_jsonl(tmp_path / "u.jsonl", rows)), str(model_dir)))
+    assert [r["label"] for r in dm.splits["train"]] == [expected, expected]
+
+
+@pytest.mark.parametrize("label", [-1, 2, 0.5, "maybe"])
+def test_kto_labels_that_bool_would_misread_are_bad_rows(model_dir, tmp_path, label):
+    rows = [{"prompt": "say : cat", "completion": "good", "label": True},
+            {"prompt": "say : dog", "completion": "bad", "label": label}]
+    path = write_jsonl(tmp_path / "u.jsonl", rows)
+    with pytest.raises(RecipeError, match="labels that are not true/false"):
+        setup(UnpairedDataModule(str(path), str(model_dir), on_bad_row="error"))
