@@ -35,7 +35,7 @@ from rlhf_lightning.callbacks import Rollout
 from rlhf_lightning.checkpoint_io import read_problem
 from rlhf_lightning.distributed.strategies import strategy_from_flag
 from rlhf_lightning.errors import RecipeError
-from rlhf_lightning.guards import TrainingDiverged
+from rlhf_lightning.guards import TrainingStopped
 from rlhf_lightning.imports import import_object
 from rlhf_lightning.module import RLHFModule
 from rlhf_lightning.run_folder import acquire_lock, prepare_run_folder, release_lock
@@ -500,7 +500,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     except ArgumentError as error:  # a parser error not raised through RLHFCLI.parse_arguments
         print(f"rlhf-lightning: error in the recipe: {explain_parse_error(str(error))}", file=sys.stderr)
         raise SystemExit(2) from None
-    except TrainingDiverged as error:  # a NaN/inf reward, loss or gradient: stopped before the weights changed
+    except TrainingStopped as error:  # a non-finite reward/loss/gradient, or a policy beyond its divergence limits
         print(f"rlhf-lightning: training stopped: {error}", file=sys.stderr)
         raise SystemExit(3) from None
     except Exception as error:

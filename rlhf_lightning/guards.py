@@ -7,10 +7,15 @@ written from them, stay finite: the last checkpoint before the stop is a good on
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Iterable, Literal, Optional
 
 import torch
 from torch import Tensor
+
+from rlhf_lightning.errors import RecipeError
 
 CAUSES = {
     "reward": "the reward source (model.init_args.reward) returned it: check the function or reward model",
@@ -22,7 +27,11 @@ CAUSES = {
 }
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingStopped(RuntimeError):
+    """A guard stopped the run (the CLI prints the message alone and exits with code 3)."""
+
+
+class TrainingDiverged(TrainingStopped):
     """A quantity of the update is NaN or infinite: the run stops before the weights change."""
 
     def __init__(self, quantity: str, step: int, detail: str) -> None:
@@ -55,3 +64,64 @@ def gradient_norm(parameters: Iterable[Tensor]) -> Optional[Tensor]:
         return None
     norm = torch.nn.utils.get_total_norm(grads)
     return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+
+@dataclass
+class DivergenceLimits:
+    """Limits on divergence that stays finite, checked on every rollout batch (``model.init_args.divergence``).
+
+    Args:
+        max_kl: the mean ``KL(π_t ‖ π_ref)`` of a response, in nats, above which the policy has run away from
+            the reference (``null``: no limit).
+        uniform_entropy: the share of ``ln |V|`` (the entropy of the uniform distribution) at which the policy's
+            mean token entropy counts as collapsed to noise, when it started below it (``null``: no limit).
+        patience: consecutive rollout batches beyond a limit before acting.
+        action: ``stop`` (one message naming the batch and the quantity, exit code 3) or ``warn``.
+    """
+
+    max_kl: Optional[float] = 100.0
+    uniform_entropy: Optional[float] = 0.95
+    patience: int = 2
+    action: Literal["stop", "warn"] = "stop"
+
+    def problems(self, field: str = "model.init_args.divergence") -> list[RecipeError]:
+        checks = [("max_kl", self.max_kl is None or (math.isfinite(self.max_kl) and self.max_kl > 0),
+                   f"must be > 0 and finite, or null, got {self.max_kl}"),
+                  ("uniform_entropy", self.uniform_entropy is None or 0 < self.uniform_entropy <= 1,
+                   f"must be in (0, 1] or null, got {self.uniform_entropy}"),
+                  ("patience", self.patience >= 1, f"must be ≥ 1, got {self.patience}")]
+        return [RecipeError(f"{field}.{key}", problem) for key, ok, problem in checks if not ok]
+
+
+class DivergenceMonitor:
+    """Counts consecutive rollout batches beyond the :class:`DivergenceLimits` and acts on ``patience``."""
+
+    def __init__(self, limits: DivergenceLimits) -> None:
+        self.limits = limits
+        self.streak: dict[str, int] = {}
+        self.first_entropy: Optional[float] = None
+
+    def observe(self, step: int, kl: float, entropy: Optional[float], vocab_size: int) -> None:
+        limits, beyond = self.limits, {}
+        if limits.max_kl is not None:
+            beyond["KL to the reference"] = (kl > limits.max_kl, f"{kl:.3g} nats per response > max_kl {limits.max_kl}")
+        if limits.uniform_entropy is not None and entropy is not None and vocab_size > 1:
+            ceiling = limits.uniform_entropy * math.log(vocab_size)
+            self.first_entropy = entropy if self.first_entropy is None else self.first_entropy
+            beyond["token entropy"] = (self.first_entropy < ceiling <= entropy,
+                                       f"{entropy:.3g} nats ≥ {limits.uniform_entropy} × ln |V| = {ceiling:.3g}: the "
+                                       "policy samples nearly uniformly")
+        for name, (over, detail) in beyond.items():
+            self.streak[name] = self.streak.get(name, 0) + 1 if over else 0
+            if self.streak[name] == limits.patience:
+                message = (f"the policy diverged at rollout batch {step}: {name} {detail} for {limits.patience} "
+                           "batches in a row; the checkpoints of those batches hold the diverging policy\n"
+                           "  likely cause: model.init_args.lr too high, or a reward the policy can game; "
+                           "limits: model.init_args.divergence")
+                if limits.action == "stop":
+                    raise PolicyDiverged(message)
+                warnings.warn(message, stacklevel=2)
+
+
+class PolicyDiverged(TrainingStopped):
+    """The policy ran beyond a :class:`DivergenceLimits` limit (finite, but no longer a useful policy)."""

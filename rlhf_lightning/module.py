@@ -27,7 +27,7 @@ from rlhf_lightning.distributed.fsdp import upcast_trainable
 from rlhf_lightning.distributed.zero3 import is_partitioned
 from rlhf_lightning.errors import RecipeError, raise_all
 from rlhf_lightning.generation import Generation, Generator, HFGenerator, SamplingParams
-from rlhf_lightning.guards import gradient_norm, require_finite
+from rlhf_lightning.guards import DivergenceLimits, DivergenceMonitor, gradient_norm, require_finite
 from rlhf_lightning.logprobs import response_logprobs, sequence_nll
 from rlhf_lightning.models import (ModelConfig, context_length, disable_dropout, freeze, load_causal_lm,
                                    load_model_config, load_tokenizer, same_tokenizer, save_hf_directory,
@@ -120,6 +120,9 @@ class RLHFModule(LightningModule):
             (detached) instead of a separate no-grad pass before the update. Before the step ``π_θ = π_t``,
             so the numbers are the same and each batch costs one policy forward less. ``false`` always
             runs the separate pass.
+        divergence: limits on divergence that stays finite (KL to the reference, entropy at the uniform
+            limit), checked on every rollout batch: stop or warn (see :class:`~rlhf_lightning.guards.DivergenceLimits`).
+            NaN/inf rewards, losses and gradients always stop the run before the update.
     """
 
     def __init__(
@@ -138,12 +141,15 @@ class RLHFModule(LightningModule):
         micro_batch_size: Optional[int] = None,
         precompute_reference: bool = False,
         old_logprobs_from_update: bool = True,
+        divergence: Optional[DivergenceLimits] = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
         raise_all(optimisation_problems(lr=lr, critic_lr=critic_lr, weight_decay=weight_decay,
                                         warmup_steps=warmup_steps, max_grad_norm=max_grad_norm,
-                                        micro_batch_size=micro_batch_size))
+                                        micro_batch_size=micro_batch_size)
+                  + (divergence or DivergenceLimits()).problems())
+        self._divergence_monitor = DivergenceMonitor(divergence or DivergenceLimits())
         group = objective.needs.samples_per_prompt
         if micro_batch_size is not None and micro_batch_size % group:
             raise RecipeError("model.init_args.micro_batch_size",
@@ -481,6 +487,15 @@ class RLHFModule(LightningModule):
             if self.reference is not None and not self.reference_for_evaluation:  # no longer needed: free it
                 self.reference = None
 
+    def _observe_divergence(self, rollout: Rollout) -> None:
+        """KL to the reference and token entropy of ``π_t`` (averaged over processes) against the limits."""
+        values = torch.tensor([rollout.metrics["kl/ref"], rollout.metrics.get("gen/entropy", float("nan"))],
+                              dtype=torch.float64, device=self.device)
+        world = self.trainer.world_size if self._trainer is not None else 1
+        kl, entropy = (self.reduce_sum(values) / world).tolist()
+        vocab = int(getattr(self.policy_model_config(), "vocab_size", 0) or 0)
+        self._divergence_monitor.observe(self._batch_number, kl, None if math.isnan(entropy) else entropy, vocab)
+
     def _optimizer_step(self, optimizer, scheduler) -> None:
         """Check that the gradients are finite, clip them, step the optimizer and the learning-rate schedule.
 
@@ -580,6 +595,7 @@ class RLHFModule(LightningModule):
         require_finite("reward", samples.rewards, self._batch_number, self.reduce_sum)
         rollout = samples.with_policy_logprobs(old_logprobs, entropy)
         require_finite("shaped reward", rollout.shaped_rewards, self._batch_number, self.reduce_sum)
+        self._observe_divergence(rollout)
         # 3. prepare
         with torch.no_grad():
             prepared = self.objective.prepare(rollout, self.reduce_sum)
