@@ -51,12 +51,16 @@ class SafeCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path, map_location: Optional[Callable] = lambda storage, loc: storage,
                         weights_only: Optional[bool] = None) -> dict[str, Any]:
         try:
-            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+            checkpoint = super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
         except Exception as error:
             problem = read_problem(Path(path), error)
             if problem is None:
                 raise
             raise problem from None
+        if not isinstance(checkpoint, dict) or "pytorch-lightning_version" not in checkpoint:
+            raise RecipeError(FIELD, f"'{path}' is not a checkpoint of a training run (it has no Lightning training "
+                                     "state)", "give a checkpoint that ModelCheckpoint wrote, e.g. --ckpt_path last")
+        return checkpoint
 
 
 def read_problem(path: Path, error: BaseException) -> Optional[RecipeError]:

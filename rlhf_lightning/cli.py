@@ -88,6 +88,7 @@ class RLHFCLI(LightningCLI):
         """Keep the run folder to this run (see :mod:`rlhf_lightning.run_folder`), and record in ``summary.json``
         where the run came from: seed, a hash of the resolved recipe, version."""
         config = self.config.get(str(self.subcommand), self.config)
+        check_ckpt_path(config.get("ckpt_path"), Path(self.trainer.default_root_dir))
         if rank_zero_only.rank == 0:
             root = Path(self.trainer.default_root_dir)
             prepare_run_folder(root, resuming=bool(config.get("ckpt_path")), overwrite=bool(config.get("overwrite")))
@@ -138,6 +139,19 @@ class RLHFCLI(LightningCLI):
         if config.get("trainer") is not None:
             config["trainer"]["strategy"] = strategy_from_flag(config["trainer"].get("strategy", "auto"))
 
+
+
+CKPT_NAMES = ("last", "best", "hpc", "registry")  # resolved by Lightning
+
+
+def check_ckpt_path(ckpt_path: Optional[str], root: Path) -> None:
+    """``--ckpt_path`` must name an existing checkpoint (or one of Lightning's names, e.g. ``last``)."""
+    if not ckpt_path or ckpt_path in CKPT_NAMES or ckpt_path.startswith("registry") or Path(ckpt_path).exists():
+        return
+    found = sorted((root / "checkpoints").glob("*.ckpt")) if (root / "checkpoints").is_dir() else []
+    fix = (f"checkpoints of this run: {', '.join(str(p) for p in found[:5])}" if found
+           else "give the path of a checkpoint file, or --ckpt_path last")
+    raise RecipeError("ckpt_path", f"'{ckpt_path}' does not exist", fix)
 
 
 def run_name(recipe: str) -> str:
@@ -461,8 +475,31 @@ def translate_args(argv: Sequence[str]) -> list[str]:
             problem = "is a directory, not a recipe file" if os.path.isdir(recipe) else "does not exist"
             raise RecipeError("RECIPE", f"recipe file '{recipe}' {problem}",
                               "give the path of a recipe .yaml file, e.g. recipes/quickstart.yaml")
+    for recipe in recipes:
+        check_recipe_file(recipe)
     configs = [item for recipe in recipes for item in ("--config", recipe)]
     return ["fit", *configs, *argv[1 + len(recipes):]]
+
+
+def check_recipe_file(path: str) -> None:
+    """A recipe file must be YAML holding a mapping of keys: its own error (with the file, line and column)
+    otherwise, before the parser's less telling one."""
+    import yaml
+
+    try:
+        content = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise RecipeError("RECIPE", f"'{path}' is not valid YAML: {problem}{where}",
+                          "fix the indentation or quoting there") from None
+    if content is None:
+        raise RecipeError("RECIPE", f"'{path}' is empty", "a recipe sets model:, data:, trainer:, ... (see "
+                          "recipes/quickstart.yaml)")
+    if not isinstance(content, dict):
+        raise RecipeError("RECIPE", f"'{path}' holds a {type(content).__name__}, not a mapping of keys",
+                          "a recipe is a mapping: model: ..., data: ..., trainer: ... (see recipes/quickstart.yaml)")
 
 
 def recipe_dirs(args: Sequence[str]) -> list[str]:

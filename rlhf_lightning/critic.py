@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from rlhf_lightning.errors import RecipeError
 from rlhf_lightning.logprobs import position_ids_from_mask
-from rlhf_lightning.models import ModelConfig, _torch_dtype, check_model_path
+from rlhf_lightning.models import UNREADABLE_WEIGHTS, ModelConfig, _torch_dtype, check_model_path
 
 
 def load_value_model(config: ModelConfig, field: str) -> nn.Module:
@@ -24,7 +24,7 @@ def load_value_model(config: ModelConfig, field: str) -> nn.Module:
         model = AutoModelForSequenceClassification.from_pretrained(
             config.path, num_labels=1, dtype=_torch_dtype(config.dtype), trust_remote_code=config.trust_remote_code,
             revision=config.revision)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, *UNREADABLE_WEIGHTS) as error:
         raise RecipeError(f"{field}.path", f"cannot load a value model from '{config.path}': {error}",
                           "point it at a reward model or causal-LM directory") from None
     if value_head(model) is None:

@@ -190,6 +190,17 @@ def _torch_dtype(name: DType) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
+def _unreadable_weights() -> tuple[type[BaseException], ...]:
+    try:
+        from safetensors import SafetensorError
+    except ImportError:
+        return ()
+    return (SafetensorError,)
+
+
+UNREADABLE_WEIGHTS = _unreadable_weights()  # a truncated or corrupt model.safetensors
+
+
 def load_causal_lm(config: ModelConfig, field: str) -> nn.Module:
     """``AutoModelForCausalLM.from_pretrained`` with the recipe's dtype, 4-bit and LoRA options."""
     from transformers import AutoModelForCausalLM
@@ -212,7 +223,7 @@ def load_causal_lm(config: ModelConfig, field: str) -> nn.Module:
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     try:
         model = AutoModelForCausalLM.from_pretrained(config.path, **kwargs)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, *UNREADABLE_WEIGHTS) as error:
         fix = HUB_FIX if is_hub_id(config.path) else "check that the directory holds a causal language model"
         raise RecipeError(f"{field}.path", f"cannot load a causal LM from '{config.path}': {_first_line(error)}",
                           fix) from None

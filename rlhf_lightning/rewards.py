@@ -129,7 +129,22 @@ class FunctionReward(RewardSource):
         if self._fn is None:
             self.setup(torch.device("cpu"))
         values = self._fn(list(prompts), list(responses), **accepted_columns(self._fn, columns))
-        return torch.as_tensor(values, dtype=torch.float32).reshape(len(responses))
+        return reward_values(values, len(responses), self.function)
+
+
+def reward_values(values: Any, count: int, function: str) -> torch.Tensor:
+    """A reward function's output as ``[count]`` floats; one clear error for another length or non-numbers."""
+    field = "model.init_args.reward.init_args.function"
+    try:
+        tensor = torch.as_tensor(values, dtype=torch.float32).reshape(-1)
+    except (TypeError, ValueError, RuntimeError):
+        kinds = sorted({type(v).__name__ for v in values}) if isinstance(values, (list, tuple)) else [type(values).__name__]
+        raise RecipeError(field, f"'{function}' must return one number per response, got {', '.join(kinds)} values",
+                          "return a list of floats, one per response") from None
+    if tensor.shape[0] != count:
+        raise RecipeError(field, f"'{function}' returned {tensor.shape[0]} rewards for {count} responses",
+                          "return one float per response, in the order of the responses")
+    return tensor
 
 
 @dataclass

@@ -42,6 +42,11 @@ def prompt_text(tokenizer, prompt: Union[str, Messages]) -> str:
     return tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=False)
 
 
+def is_prompt(value: Any) -> bool:
+    """Whether ``value`` is a prompt: text, or a list of chat messages ``{"role", "content"}``."""
+    return isinstance(value, str) or (isinstance(value, list) and all(isinstance(m, dict) for m in value))
+
+
 def is_empty_prompt(prompt: Union[str, Messages, None]) -> bool:
     """Whether a prompt has no text: an empty or blank string, no messages, or messages with no content."""
     if prompt is None:

@@ -28,8 +28,7 @@ def read_records(path: str, field: str, split: str = "train") -> list[dict]:
 
             return [dict(row) for row in load_from_disk(str(p))]
         if p.suffix == ".jsonl":
-            with p.open() as handle:
-                return [json.loads(line) for line in handle if line.strip()]
+            return jsonl_records(p, field)
         if p.suffix == ".json":
             data = json.loads(p.read_text())
             return data if isinstance(data, list) else data["data"]
@@ -40,9 +39,29 @@ def read_records(path: str, field: str, split: str = "train") -> list[dict]:
     except ImportError as error:
         raise RecipeError(field, f"reading '{path}' needs an optional package ({error.name})",
                           f"pip install {error.name} (or pip install rlhf-lightning[data])") from None
+    except RecipeError:
+        raise
+    except FileNotFoundError as error:  # a folder that is not a save_to_disk data set
+        raise RecipeError(field, f"'{path}' is a folder but not a data set written by save_to_disk ({error})",
+                          "give a .jsonl, .json or .parquet file, or a save_to_disk folder") from None
     except (ValueError, KeyError) as error:
         raise RecipeError(field, f"cannot parse '{path}': {error}", "check the file format") from None
     raise RecipeError(field, f"unsupported data file type '{p.suffix}'", "use .jsonl, .json, .parquet or a dataset directory")
+
+
+def jsonl_records(path: Path, field: str) -> list[dict]:
+    """The rows of a JSON-lines file; a bad line is named by its line number in the file."""
+    rows = []
+    with path.open() as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except ValueError as error:
+                raise RecipeError(field, f"line {number} of '{path}' is not valid JSON ({error.args[0].split(':')[0]})",
+                                  f"fix or remove line {number}") from None
+    return rows
 
 
 def hub_records(repo: str, split: str, field: str) -> list[dict]:

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from rlhf_lightning.batches import SequenceBatch
 from rlhf_lightning.data.base import BadRows, OnBadRow, Records, ResumableTrainLoader, data_tokenizer, run_seed
 from rlhf_lightning.data.encoding import (collate_prompt_rows, encode_prompt, encode_response, is_empty_prompt,
-                                          other_columns, pad_prompt_response, pad_rows, response_text)
+                                          is_prompt, other_columns, pad_prompt_response, pad_rows, response_text)
 from rlhf_lightning.data.files import read_records, require_columns
 from rlhf_lightning.errors import RecipeError
 
@@ -87,6 +87,8 @@ class OfflineDataModule(ResumableTrainLoader, LightningDataModule):
 
     # ------------------------------------------------------------------ shared helpers
     def _prompt(self, record: dict) -> list[int] | str:
+        if not is_prompt(record[self.prompt_column]):
+            return "prompts that are neither text nor chat messages"
         if is_empty_prompt(record[self.prompt_column]):
             return "empty prompts"
         try:

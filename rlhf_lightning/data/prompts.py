@@ -11,7 +11,8 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from rlhf_lightning.data.base import ResumableTrainLoader, data_tokenizer, run_seed
-from rlhf_lightning.data.encoding import collate_prompt_rows, encode_prompt, is_empty_prompt, other_columns, pad_rows
+from rlhf_lightning.data.encoding import (collate_prompt_rows, encode_prompt, is_empty_prompt, is_prompt, other_columns,
+                                          pad_rows)
 from rlhf_lightning.data.files import read_records, require_columns
 from rlhf_lightning.errors import RecipeError
 from rlhf_lightning.rewards import RESERVED_COLUMNS
@@ -141,6 +142,12 @@ class PromptDataModule(ResumableTrainLoader, LightningDataModule):
         if reserved:
             raise RecipeError(field, f"'{path}' has a column named {reserved[0]!r}, which reward functions receive as "
                                      "their own argument", f"rename the column {reserved[0]!r} in the data")
+        other = [index for index, record in enumerate(records) if not is_prompt(record[self.prompt_column])]
+        if other:
+            value = records[other[0]][self.prompt_column]
+            raise RecipeError("data.init_args.prompt_column", f"{len(other)} of {len(records)} prompts in '{path}' are "
+                              f"neither text nor chat messages (row {other[0]} holds a {type(value).__name__})",
+                              f"store the prompts of column '{self.prompt_column}' as text, or name the text column")
         empty = [index for index, record in enumerate(records) if is_empty_prompt(record[self.prompt_column])]
         if empty:  # the policy would be trained to answer nothing
             raise RecipeError(field, f"{len(empty)} of {len(records)} prompts in '{path}' are empty (the first is row "
