@@ -4,7 +4,8 @@ Lightning's save writes the file in the system temp folder and moves it; when th
 another filesystem the move is a copy that truncates the target first, so a kill during it leaves a
 truncated ``last.ckpt``. :class:`SafeCheckpointIO` writes a temp file next to the target, flushes and
 fsyncs it, renames it over the target (atomic within one filesystem) and fsyncs the folder; on any failure
-the temp file is removed and the previous checkpoint stays as it was.
+the temp file is removed and the previous checkpoint stays as it was (a temp file left by a killed process is
+removed by the next save; the run folder's lock keeps other writers out).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class SafeCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
+        for stale in target.parent.glob(f".{target.name}.*.partial"):  # left by a writer that was killed
+            stale.unlink(missing_ok=True)
         handle, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
         try:
             with os.fdopen(handle, "wb") as file:

@@ -42,6 +42,13 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temp file left
 
 
+def test_a_temp_file_left_by_a_killed_writer_is_removed_by_the_next_save(tmp_path):
+    stale = tmp_path / ".last.ckpt.abc123.partial"
+    stale.write_bytes(b"half of a checkpoint whose writer was killed")
+    SafeCheckpointIO().save_checkpoint({"step": 3}, tmp_path / "last.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
 def _checkpointing(root: Path) -> list[str]:
     return ["--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
             "--trainer.callbacks.dirpath", str(root / "checkpoints"), "--trainer.callbacks.save_last", "true",
