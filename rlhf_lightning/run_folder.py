@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import atexit
 import os
-import shutil
 from pathlib import Path
 
+from rlhf_lightning.distributed.checkpoints import remove_path
 from rlhf_lightning.errors import RecipeError
 
 OUTPUTS = ("summary.json", "policy", "eval_history.json", "eval_curves.png", "samples.jsonl", "checkpoints")
@@ -36,8 +36,7 @@ def prepare_run_folder(root: Path, resuming: bool, overwrite: bool) -> None:
                           "set another trainer.default_root_dir, resume that run with --ckpt_path last, or set "
                           "overwrite: true (--overwrite true) to remove them first")
     for name in found:
-        path = root / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        remove_path(root / name)
 
 
 def _alive(pid: int) -> bool:

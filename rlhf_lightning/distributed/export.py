@@ -1,4 +1,5 @@
-"""Export of a sharded policy (FSDP2 or ZeRO-3): full weights gathered to rank 0, written as one Hugging Face\ndirectory."""
+"""Export of a sharded policy (FSDP2 or ZeRO-3): full weights gathered to rank 0, written as one Hugging Face
+directory."""
 
 from __future__ import annotations
 
