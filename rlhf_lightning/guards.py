@@ -56,13 +56,17 @@ def require_finite(quantity: str, values: Tensor, step: int,
         raise TrainingDiverged(quantity, step, f"{nan} NaN and {inf} infinite of {total} values")
 
 
-def gradient_norm(parameters: Iterable[Tensor]) -> Optional[Tensor]:
-    """The global L2 norm of the parameters' gradients (``None`` when none has one); a ``DTensor`` norm
+def clip_gradient_norm(parameters: Iterable[Tensor], max_norm: Optional[float]) -> Optional[Tensor]:
+    """The global L2 norm of the parameters' gradients, computed once, clipping them to ``max_norm`` when it is
+    set (``torch.nn.utils.clip_grad_norm_``); ``None`` when no parameter has a gradient. A ``DTensor`` norm
     (FSDP2 shards) is reduced to the full one."""
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
+    params = [p for p in parameters if p.grad is not None]
+    if not params:
         return None
-    norm = torch.nn.utils.get_total_norm(grads)
+    if max_norm:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
     return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 

@@ -27,7 +27,7 @@ from rlhf_lightning.distributed.fsdp import upcast_trainable
 from rlhf_lightning.distributed.zero3 import is_partitioned
 from rlhf_lightning.errors import RecipeError, raise_all
 from rlhf_lightning.generation import Generation, Generator, HFGenerator, SamplingParams
-from rlhf_lightning.guards import DivergenceLimits, DivergenceMonitor, gradient_norm, require_finite
+from rlhf_lightning.guards import DivergenceLimits, DivergenceMonitor, clip_gradient_norm, require_finite
 from rlhf_lightning.logprobs import response_logprobs, sequence_nll
 from rlhf_lightning.models import (ModelConfig, context_length, disable_dropout, freeze, load_causal_lm,
                                    load_model_config, load_tokenizer, same_tokenizer, save_hf_directory,
@@ -497,17 +497,21 @@ class RLHFModule(LightningModule):
         self._divergence_monitor.observe(self._batch_number, kl, None if math.isnan(entropy) else entropy, vocab)
 
     def _optimizer_step(self, optimizer, scheduler) -> None:
-        """Check that the gradients are finite, clip them, step the optimizer and the learning-rate schedule.
+        """Clip the gradients and check that their norm is finite, then step the optimizer and the schedule.
 
-        The gradient norm is checked before clipping (which would turn an infinite gradient into a zero
-        update); under DeepSpeed the gradients live in its own partitions, and the loss check stands in.
+        The norm (one pass over the gradients, which also clips) is checked before the step: clipping would
+        turn an infinite gradient into a zero update. DeepSpeed clips inside its own step, and a loss scaler
+        (``16-mixed``) unscales first and skips overflowing steps itself: those go through Lightning's
+        ``clip_gradients``, and the loss check stands in.
         """
-        if not self._uses_deepspeed:
-            norm = gradient_norm(p for group in optimizer.param_groups for p in group["params"])
+        if self._uses_deepspeed or getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            if self.max_grad_norm:
+                self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
+        else:
+            params = (p for group in optimizer.param_groups for p in group["params"])
+            norm = clip_gradient_norm(params, self.max_grad_norm)
             if norm is not None:
                 require_finite("gradient norm", norm, self._batch_number)  # gradients are synced: same on all ranks
-        if self.max_grad_norm:
-            self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()

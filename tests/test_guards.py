@@ -11,7 +11,7 @@ import torch
 import tiny
 from rlhf_lightning.cli import main
 from rlhf_lightning.guards import (DivergenceLimits, DivergenceMonitor, PolicyDiverged, TrainingDiverged,
-                                   gradient_norm, require_finite)
+                                   clip_gradient_norm, require_finite)
 from runs import tiny_run_args, without_evaluation
 
 
@@ -31,8 +31,11 @@ def test_counts_are_summed_over_processes():
 def test_gradient_norm():
     a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(1))
     a.grad, b.grad = torch.tensor([3.0, 0.0]), torch.tensor([4.0])
-    assert float(gradient_norm([a, b])) == pytest.approx(5.0)
-    assert gradient_norm([torch.nn.Parameter(torch.zeros(1))]) is None
+    assert float(clip_gradient_norm([a, b], None)) == pytest.approx(5.0)
+    assert a.grad.tolist() == [3.0, 0.0]  # no max_norm: not clipped
+    assert float(clip_gradient_norm([a, b], 1.0)) == pytest.approx(5.0)  # the norm before clipping
+    assert a.grad.tolist() == pytest.approx([0.6, 0.0], abs=1e-5) and b.grad.tolist() == pytest.approx([0.8], abs=1e-5)
+    assert clip_gradient_norm([torch.nn.Parameter(torch.zeros(1))], 1.0) is None
 
 
 def _checkpointing(root) -> list[str]:
