@@ -93,3 +93,31 @@ def install(strategy) -> None:
     """Use :class:`SafeCheckpointIO` where the strategy would use Lightning's plain ``TorchCheckpointIO``."""
     if type(strategy.checkpoint_io) is TorchCheckpointIO:
         strategy.checkpoint_io = SafeCheckpointIO()
+
+
+def nothing_left_to_train(checkpoint: dict[str, Any], max_epochs: Optional[int], max_steps: int,
+                          limit_train_batches: Any = None) -> Optional[RecipeError]:
+    """The error for resuming a checkpoint whose run already reached this trainer's ``max_epochs`` or
+    ``max_steps`` (Lightning would train 0 batches and end as if it had succeeded); ``None`` otherwise.
+
+    A checkpoint written at the end of an epoch counts that epoch as done: a larger ``limit_train_batches``
+    does not reopen it, only a larger ``max_epochs`` (a further pass over the prompts) trains on.
+    """
+    fit_loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    epochs = (fit_loop.get("epoch_progress") or {}).get("current", {}).get("processed")
+    batches = (fit_loop.get("epoch_loop.batch_progress") or {}).get("current", {}).get("completed")
+    step = int(checkpoint.get("global_step") or 0)
+    if epochs is not None and max_epochs is not None and max_epochs >= 0 and epochs >= max_epochs:
+        more = (f"; its last epoch ended after {batches} batches, and a larger limit_train_batches "
+                f"({limit_train_batches}) does not reopen a finished epoch"
+                if isinstance(limit_train_batches, int) and batches is not None and limit_train_batches > batches
+                else "")
+        return RecipeError(FIELD, f"the checkpoint is from the end of a run that finished its {epochs} epoch(s) "
+                                  f"(trainer.max_epochs: {max_epochs}), so resuming it would train nothing{more}",
+                           f"to train on, raise trainer.max_epochs above {epochs} (each further epoch is a new pass "
+                           "over the prompts), or start a new run in another trainer.default_root_dir")
+    if max_steps is not None and max_steps >= 0 and step >= max_steps:
+        return RecipeError(FIELD, f"the checkpoint is at optimizer step {step}, which already reaches "
+                                  f"trainer.max_steps: {max_steps}, so resuming it would train nothing",
+                           f"to train on, raise trainer.max_steps above {step}")
+    return None

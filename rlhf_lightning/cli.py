@@ -38,7 +38,7 @@ from rlhf_lightning.errors import RecipeError
 from rlhf_lightning.guards import TrainingStopped
 from rlhf_lightning.imports import import_object
 from rlhf_lightning.module import RLHFModule
-from rlhf_lightning.run_folder import acquire_lock, prepare_run_folder, release_lock
+from rlhf_lightning.run_folder import acquire_lock, finish_run_folder, prepare_run_folder, release_lock
 
 USAGE = """usage: rlhf-lightning run RECIPE.yaml [MORE.yaml ...] [--section.key value ...]
        rlhf-lightning {fit,validate,test} --config RECIPE.yaml [...]   (any LightningCLI command)
@@ -98,9 +98,21 @@ class RLHFCLI(LightningCLI):
                                   config_sha256=hashlib.sha256(text.encode()).hexdigest(),
                                   rlhf_lightning_version=__version__)
 
-    def after_fit(self) -> None:
-        if getattr(self, "_lock", None) is not None:
-            release_lock(self._lock)
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            self._end_run(succeeded=False)
+            raise
+        self._end_run(succeeded=True)
+
+    def _end_run(self, succeeded: bool) -> None:
+        """Settle the run folder (the outputs a run with ``overwrite`` replaced) and release its lock."""
+        if getattr(self, "_lock", None) is None:
+            return
+        finish_run_folder(Path(self.trainer.default_root_dir), succeeded)
+        release_lock(self._lock)
+        self._lock = None
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads the checkpoint once for its hyperparameters, before the trainer does
@@ -120,8 +132,9 @@ class RLHFCLI(LightningCLI):
         parser.set_defaults({"rollout": {"class_path": f"{Rollout.__module__}.{Rollout.__name__}"}})
         parser.add_argument(
             "--overwrite", type=bool, default=False,
-            help="a new run in a trainer.default_root_dir that holds another run's outputs removes them first "
-                 "(otherwise that is an error); a resume (--ckpt_path) continues in its folder either way")
+            help="a new run in a trainer.default_root_dir that holds another run's outputs replaces them (otherwise "
+                 "that is an error): they are moved into .replaced/, deleted when this run succeeds and put back "
+                 "if it fails before writing outputs; a resume (--ckpt_path) continues in its folder either way")
         parser.add_argument(
             "--cpu_threads", type=Optional[int], default=None,
             help="torch intra-op threads (torch.set_num_threads). Tiny models on a CPU run far faster "
@@ -234,6 +247,7 @@ _SUBCOMMAND = re.compile(r"^Subcommand '[^']+' does not accept option '([^']+)'"
 _EXPECTED = re.compile(r"^Expected an? (.+?)(?:\. Got value: (.*))?$")
 _UNRECOGNIZED = re.compile(r"^unrecognized arguments: (\S+)")
 _REQUIRED = re.compile(r"^the following arguments are required: (.+)$")
+_UNLOADABLE = re.compile(r"""^Unable to load config ['"](.*)['"]$""")
 _NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Given value type:", "Given value:")
 
 
@@ -380,6 +394,12 @@ def _leaf(text: str, kids: list, where: _Where, parser, given: Optional[str] = N
     if m := _UNRECOGNIZED.match(text):
         option = m.group(1).lstrip("-").split("=")[0]
         return _unknown_key(where, option, parser)
+    if m := _UNLOADABLE.match(text):  # a string where a group of settings goes (jsonargparse tried it as a file)
+        keys = _valid_names(where, parser)
+        example = f"{where.key[-1]}: {{path: {m.group(1)}}}" if "path" in keys else f"{where.key[-1]}: {{key: value}}"
+        shown = f" ({', '.join(keys[:6])}{', ...' if len(keys) > 6 else ''})" if keys else ""
+        return RecipeError(where.name, f"takes a mapping of settings{shown}, got the string '{m.group(1)}'",
+                           f"write it as `{example}`")
     detail = text + (" " + _flat(kids) if kids else "")
     return RecipeError(where.name, detail, HINT)
 
@@ -399,12 +419,14 @@ def _explain(nodes: list, where: _Where, parser) -> RecipeError:
         useful = [(t, k) for t, k in items if not t.startswith(("Expected a <class 'NoneType'>", "Not a valid subclass"))]
         if useful:
             return _leaf(*useful[0], where, parser, given)
-    for text, kids in nodes:
+    for index, (text, kids) in enumerate(nodes):
         if text.startswith(_NOISE) or text == "Errors:":
             continue
         if m := _PARSER_KEY.match(text):
             inner = where.child(m.group(1))
-            return _leaf(m.group(2), kids, inner, parser, given) if m.group(2) else _explain(kids, inner, parser)
+            if m.group(2):
+                return _leaf(m.group(2), kids, inner, parser, given)
+            return _explain(kids or nodes[index + 1:], inner, parser)  # its problem may follow at the same depth
         if m := _CLASS_PROBLEM.match(text):
             return _explain_class(m.group(1), m.group(2), kids, where, parser)
         return _leaf(text, kids, where, parser, given)

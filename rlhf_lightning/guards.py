@@ -80,12 +80,15 @@ class DivergenceLimits:
         uniform_entropy: the share of ``ln |V|`` (the entropy of the uniform distribution) at which the policy's
             mean token entropy counts as collapsed to noise, when it started below it (``null``: no limit).
         patience: consecutive rollout batches beyond a limit before acting.
+        zero_gradient_steps: consecutive optimizer steps whose gradient norm is exactly 0 (the update changes
+            nothing: every reward tied, or the gradients vanished) before acting (``null``: no limit).
         action: ``stop`` (one message naming the batch and the quantity, exit code 3) or ``warn``.
     """
 
     max_kl: Optional[float] = 100.0
     uniform_entropy: Optional[float] = 0.95
     patience: int = 2
+    zero_gradient_steps: Optional[int] = 16
     action: Literal["stop", "warn"] = "stop"
 
     def problems(self, field: str = "model.init_args.divergence") -> list[RecipeError]:
@@ -93,7 +96,9 @@ class DivergenceLimits:
                    f"must be > 0 and finite, or null, got {self.max_kl}"),
                   ("uniform_entropy", self.uniform_entropy is None or 0 < self.uniform_entropy <= 1,
                    f"must be in (0, 1] or null, got {self.uniform_entropy}"),
-                  ("patience", self.patience >= 1, f"must be ≥ 1, got {self.patience}")]
+                  ("patience", self.patience >= 1, f"must be ≥ 1, got {self.patience}"),
+                  ("zero_gradient_steps", self.zero_gradient_steps is None or self.zero_gradient_steps >= 1,
+                   f"must be ≥ 1 or null, got {self.zero_gradient_steps}")]
         return [RecipeError(f"{field}.{key}", problem) for key, ok, problem in checks if not ok]
 
 
@@ -104,6 +109,17 @@ class DivergenceMonitor:
         self.limits = limits
         self.streak: dict[str, int] = {}
         self.first_entropy: Optional[float] = None
+        self.zero_gradient_streak = 0
+
+    def observe_gradient(self, step: int, norm: Optional[float]) -> None:
+        """Count optimizer steps in a row whose gradient norm is 0 (``None``: no parameter got a gradient)."""
+        limit = self.limits.zero_gradient_steps
+        self.zero_gradient_streak = self.zero_gradient_streak + 1 if not norm else 0
+        if limit is not None and self.zero_gradient_streak == limit:
+            self._act(f"training stalled at rollout batch {step}: the gradient norm was 0 for {limit} optimizer "
+                      "steps in a row, so the updates changed nothing\n  likely cause: every reward of a batch is "
+                      "the same (a constant or saturated reward source), or the loss does not depend on the "
+                      "trainable weights; limit: model.init_args.divergence.zero_gradient_steps")
 
     def observe(self, step: int, kl: float, entropy: Optional[float], vocab_size: int) -> None:
         limits, beyond = self.limits, {}
@@ -122,9 +138,12 @@ class DivergenceMonitor:
                            "batches in a row; the checkpoints of those batches hold the diverging policy\n"
                            "  likely cause: model.init_args.lr too high, or a reward the policy can game; "
                            "limits: model.init_args.divergence")
-                if limits.action == "stop":
-                    raise PolicyDiverged(message)
-                warnings.warn(message, stacklevel=2)
+                self._act(message)
+
+    def _act(self, message: str) -> None:
+        if self.limits.action == "stop":
+            raise PolicyDiverged(message)
+        warnings.warn(message, stacklevel=3)
 
 
 class PolicyDiverged(TrainingStopped):

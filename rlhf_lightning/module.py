@@ -19,7 +19,7 @@ from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch import Tensor, nn
 
 from rlhf_lightning.batches import SequenceBatch
-from rlhf_lightning.checkpoint_io import install as install_safe_checkpoint_io
+from rlhf_lightning.checkpoint_io import install as install_safe_checkpoint_io, nothing_left_to_train
 from rlhf_lightning.critic import load_value_model, sequence_scores, token_values, value_model_parts
 from rlhf_lightning.distributed import FSDP2Strategy, is_sharded, shard, strategy_problems
 from rlhf_lightning.distributed.export import save_sharded_hf_directory
@@ -512,6 +512,7 @@ class RLHFModule(LightningModule):
             norm = clip_gradient_norm(params, self.max_grad_norm)
             if norm is not None:
                 require_finite("gradient norm", norm, self._batch_number)  # gradients are synced: same on all ranks
+            self._divergence_monitor.observe_gradient(self._batch_number, None if norm is None else float(norm))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
@@ -711,6 +712,12 @@ class RLHFModule(LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            trainer = self.trainer
+            problem = nothing_left_to_train(checkpoint, trainer.max_epochs, trainer.max_steps,
+                                            trainer.limit_train_batches)
+            if problem is not None:
+                raise problem
         state = checkpoint.setdefault("state_dict", {})
         current = self.state_dict()
         for key in self.reloaded_from_path():  # as loaded from the model's path: the same weights

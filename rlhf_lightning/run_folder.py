@@ -1,8 +1,10 @@
 """One run, one folder: a new run does not write over another run's outputs, and two runs never share one.
 
 A run's outputs live in ``trainer.default_root_dir``. Starting a run (not a resume) in a folder that
-already holds another run's outputs is an error unless the recipe says ``overwrite: true`` (then those
-outputs are removed first, so that nothing of the old run mixes in). While a run writes, the folder holds
+already holds another run's outputs is an error unless the recipe says ``overwrite: true``: then those
+outputs are moved into ``.replaced/`` first, so that nothing of the old run mixes in, and deleted when the
+new run succeeds. A new run that fails before writing an output of its own puts them back, so a bad recipe
+run with ``overwrite`` loses nothing. While a run writes, the folder holds
 ``.run.lock`` with the process id; a second run into it stops with a message naming that process (a lock
 left by a process that no longer exists is taken over).
 """
@@ -18,6 +20,7 @@ from rlhf_lightning.errors import RecipeError
 
 OUTPUTS = ("summary.json", "policy", "eval_history.json", "eval_curves.png", "samples.jsonl", "checkpoints")
 LOCK = ".run.lock"
+REPLACED = ".replaced"
 FIELD = "trainer.default_root_dir"
 
 
@@ -35,8 +38,24 @@ def prepare_run_folder(root: Path, resuming: bool, overwrite: bool) -> None:
                                  "replace",
                           "set another trainer.default_root_dir, resume that run with --ckpt_path last, or set "
                           "overwrite: true (--overwrite true) to remove them first")
+    remove_path(root / REPLACED)  # a run replaced before the last one (that one wrote outputs, then failed)
+    (root / REPLACED).mkdir()
     for name in found:
-        remove_path(root / name)
+        os.replace(root / name, root / REPLACED / name)
+
+
+def finish_run_folder(root: Path, succeeded: bool) -> None:
+    """After a run that replaced another (``overwrite``): delete the old outputs when it succeeded; put them
+    back when it failed without writing outputs of its own (otherwise they stay in ``.replaced/``)."""
+    replaced = root / REPLACED
+    if not replaced.is_dir():
+        return
+    if succeeded:
+        remove_path(replaced)
+    elif not previous_outputs(root):
+        for entry in replaced.iterdir():
+            os.replace(entry, root / entry.name)
+        replaced.rmdir()
 
 
 def _alive(pid: int) -> bool:
