@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
@@ -34,7 +35,7 @@ from rlhf_lightning import __version__
 from rlhf_lightning.callbacks import Rollout
 from rlhf_lightning.checkpoint_io import read_problem
 from rlhf_lightning.distributed.strategies import strategy_from_flag
-from rlhf_lightning.errors import RecipeError
+from rlhf_lightning.errors import RecipeError, raise_all
 from rlhf_lightning.guards import TrainingStopped
 from rlhf_lightning.imports import import_object
 from rlhf_lightning.module import RLHFModule
@@ -148,10 +149,35 @@ class RLHFCLI(LightningCLI):
                 raise RecipeError("cpu_threads", f"must be ≥ 1 or null, got {threads}")
             torch.set_num_threads(threads)
         reject_rollout_in_callbacks(config)
+        if self.subcommand == "fit":
+            raise_all(trainer_problems(config.get("trainer") or {}))
         apply_output_defaults(config)
         if config.get("trainer") is not None:
             config["trainer"]["strategy"] = strategy_from_flag(config["trainer"].get("strategy", "auto"))
 
+
+
+NO_LIMIT = {"max_epochs": " (or null)", "max_steps": " (or -1: no limit)",
+            "limit_train_batches": " (batches, or a fraction > 0 of them)"}
+
+
+def trainer_problems(trainer) -> list[RecipeError]:
+    """Trainer settings that would train nothing, or that Lightning refuses under the module's manual
+    optimisation (it steps, accumulates and clips itself)."""
+    problems = []
+    for key in ("max_epochs", "max_steps", "limit_train_batches"):
+        if trainer.get(key) is not None and not isinstance(trainer.get(key), bool) and trainer.get(key) == 0:
+            problems.append(RecipeError(f"trainer.{key}", "is 0, so the run would train on nothing",
+                                        f"set trainer.{key} ≥ 1" + NO_LIMIT[key]))
+    if (trainer.get("accumulate_grad_batches") or 1) != 1:
+        problems.append(RecipeError("trainer.accumulate_grad_batches", "is not used: the module steps the optimizer "
+                                    "itself (one step per minibatch of a rollout batch)",
+                                    "remove it; to fit a minibatch in memory set model.init_args.micro_batch_size "
+                                    "(same update, gradients added over the micro-batches)"))
+    if trainer.get("gradient_clip_val") is not None:
+        problems.append(RecipeError("trainer.gradient_clip_val", "is not used: the module clips the gradients itself",
+                                    "remove it and set model.init_args.max_grad_norm (default 1.0)"))
+    return problems
 
 
 CKPT_NAMES = ("last", "best", "hpc", "registry")  # resolved by Lightning
@@ -472,6 +498,9 @@ def find_recipe_error(error: BaseException) -> Optional[RecipeError]:
         seen.add(id(current))
         if isinstance(current, RecipeError):
             return current
+        if isinstance(current, MisconfigurationException):  # Lightning refused a trainer setting
+            return RecipeError("trainer", " ".join(str(current).split()),
+                               "check the trainer settings (--print_config shows them)")
         todo += [current.__cause__, current.__context__]
     return None
 

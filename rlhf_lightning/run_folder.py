@@ -21,6 +21,7 @@ from rlhf_lightning.errors import RecipeError
 OUTPUTS = ("summary.json", "policy", "eval_history.json", "eval_curves.png", "samples.jsonl", "checkpoints")
 LOCK = ".run.lock"
 REPLACED = ".replaced"
+CONFIG = "config.yaml"  # written by LightningCLI at setup
 FIELD = "trainer.default_root_dir"
 
 
@@ -40,7 +41,7 @@ def prepare_run_folder(root: Path, resuming: bool, overwrite: bool) -> None:
                           "overwrite: true (--overwrite true) to remove them first")
     remove_path(root / REPLACED)  # a run replaced before the last one (that one wrote outputs, then failed)
     (root / REPLACED).mkdir()
-    for name in found:
+    for name in found + [CONFIG] * (root / CONFIG).exists():  # its recipe goes with its outputs
         os.replace(root / name, root / REPLACED / name)
 
 

@@ -7,6 +7,8 @@ from typing import Sequence
 
 from lightning.pytorch import Callback
 
+from tiny import make_chat_tokenizer, make_model_dir
+
 from rlhf_lightning.cli import RLHFCLI
 from rlhf_lightning.generation import HFGenerator
 
@@ -90,3 +92,36 @@ class RecordingGenerator(HFGenerator):
         generation = super().generate(model, input_ids, attention_mask, params, use_reference)
         self.generations.append(generation)
         return generation
+
+
+def tiny_recipe(model_dir: Path, data: dict, root: Path) -> dict:
+    """A complete recipe for one rollout batch of REBEL on the tiny model (as a user would write it)."""
+    return {
+        "seed_everything": 0,
+        "trainer": {
+            "max_epochs": 1, "limit_train_batches": 1, "logger": False, "enable_checkpointing": False,
+            "enable_progress_bar": False, "enable_model_summary": False, "default_root_dir": str(root),
+        },
+        "rollout": {"class_path": "rlhf_lightning.callbacks.Rollout",
+                    "init_args": {"max_new_tokens": 6, "no_eos_reward": None}},
+        "model": {
+            "class_path": "rlhf_lightning.RLHFModule",
+            "init_args": {
+                "policy": {"path": str(model_dir)},
+                "objective": {"class_path": "rlhf_lightning.REBEL", "init_args": {"inner_epochs": 1}},
+                "reward": {"class_path": "rlhf_lightning.rewards.FunctionReward",
+                           "init_args": {"function": "tiny.good_word_reward"}},
+                "lr": 0.003,
+            },
+        },
+        "data": {
+            "class_path": "rlhf_lightning.data.PromptDataModule",
+            "init_args": {"train_file": str(data["train"]), "tokenizer": str(model_dir), "batch_size": 8},
+        },
+    }
+
+
+def chat_model_dir(root: Path) -> Path:
+    """A tiny model with a ChatML-style tokenizer of 20 tokens (the tiny Llama has 15)."""
+    path = root / "chat_model"
+    return path if path.exists() else make_model_dir(path, tokenizer=make_chat_tokenizer())

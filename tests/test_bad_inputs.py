@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from runs import tiny_run_args, without_evaluation
-from test_cli_errors import expect_error
+from faults import expect_exit
 
 BAD_REWARDS = '''
 def short(prompts, responses):
@@ -84,7 +84,7 @@ def test_fault_is_one_message(case, tiny_model, tiny_data, tmp_path, capsys, mon
     monkeypatch.syspath_prepend(str(tmp_path))
     build, text = CASES[case]
     args = build(tiny_model, tiny_data, tmp_path / "run", tmp_path, _base(tiny_model, tiny_data, tmp_path / "run"))
-    message = expect_error(args, capsys)
+    message = expect_exit(args, capsys)
     assert text.format(t=tmp_path) in message, message
 
 
@@ -94,5 +94,5 @@ def test_fault_is_one_message(case, tiny_model, tiny_data, tmp_path, capsys, mon
 def test_bad_recipe_file_names_the_file(content, text, tmp_path, capsys):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(content)
-    message = expect_error(["run", str(recipe)], capsys)
+    message = expect_exit(["run", str(recipe)], capsys)
     assert f"'{recipe}' {text}" in message, message

@@ -11,7 +11,7 @@ import yaml
 
 from rlhf_lightning.callbacks import ExportPolicy, Rollout, WinRateEvaluation
 from rlhf_lightning.cli import RLHFCLI, main
-from test_cli_errors import tiny_recipe
+from runs import tiny_recipe
 
 
 class GreedierRollout(Rollout):

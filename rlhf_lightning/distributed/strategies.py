@@ -30,6 +30,7 @@ from rlhf_lightning.distributed.checkpoints import save_through_partial
 from rlhf_lightning.distributed.deepspeed import ZeroStrategy
 from rlhf_lightning.distributed.fsdp import sharded_checkpoint_state
 from rlhf_lightning.errors import RecipeError
+from rlhf_lightning.imports import import_object
 
 FIELD = "trainer.strategy"
 ZERO_NAMES = {"deepspeed_stage_2": 2, "deepspeed_stage_3": 3}
@@ -99,7 +100,9 @@ def strategy_from_flag(flag: Union[str, Strategy, Any]) -> Union[str, Strategy, 
     Other FSDP names (``fsdp_cpu_offload``, ...) are refused with the supported ones; everything else is
     returned unchanged for Lightning to resolve.
     """
+    class_path = flag.get("class_path") if hasattr(flag, "get") else None
     if not isinstance(flag, str):
+        _refuse_class(class_path)
         return flag
     name = flag.strip().lower()
     if name == "fsdp":
@@ -110,7 +113,40 @@ def strategy_from_flag(flag: Union[str, Strategy, Any]) -> Union[str, Strategy, 
     if name.startswith(("fsdp", "deepspeed")):
         raise RecipeError(FIELD, f"'{flag}' is not a sharded strategy of this library",
                           "use strategy: fsdp (FSDP2 over all processes), deepspeed_stage_2 or deepspeed_stage_3")
+    if "." in name:  # a class path given as a plain string (Lightning takes only registered names there)
+        _refuse_class(flag.strip())
+        return Namespace(class_path=flag.strip(), init_args=Namespace())
     return flag
+
+
+def _refuse_class(class_path: Optional[str]) -> None:
+    """Raise :func:`strategy_class_problem`'s error for the class at ``class_path`` (Lightning would otherwise
+    build it, and some refuse the machine before the module can say why the class is not supported)."""
+    if not class_path:
+        return
+    cls = import_object(str(class_path), f"{FIELD}.class_path")
+    if isinstance(cls, type):
+        refused = strategy_class_problem(cls)
+        if refused is not None:
+            raise refused
+
+
+def strategy_class_problem(cls: type) -> Optional[RecipeError]:
+    """The error for a strategy class the module cannot train under correctly (``None``: fine)."""
+    if issubclass(cls, FSDPStrategy):
+        return RecipeError(FIELD, "Lightning's FSDPStrategy (FSDP1) is not supported: the module shards its "
+                                  "models itself with FSDP2",
+                           "use strategy: fsdp (rlhf_lightning.distributed.FSDP2Strategy)")
+    if issubclass(cls, ModelParallelStrategy) and not issubclass(cls, FSDP2Strategy):
+        return RecipeError(FIELD, "a plain ModelParallelStrategy shards over a tensor-parallel group the "
+                                  "data is not split over, and tensor parallelism is not supported",
+                           "use strategy: fsdp (rlhf_lightning.distributed.FSDP2Strategy)")
+    if issubclass(cls, DeepSpeedStrategy) and not issubclass(cls, ZeroStrategy):
+        return RecipeError(FIELD, "Lightning's DeepSpeedStrategy clips nothing under manual optimisation, "
+                                  "so model.init_args.max_grad_norm would be ignored",
+                           "use strategy: deepspeed_stage_2 or deepspeed_stage_3 "
+                           "(rlhf_lightning.distributed.deepspeed.ZeroStrategy)")
+    return None
 
 
 def strategy_problems(strategy: Strategy, precision: str, load_in_4bit: bool = False) -> list[RecipeError]:
@@ -121,19 +157,9 @@ def strategy_problems(strategy: Strategy, precision: str, load_in_4bit: bool = F
         problems.append(RecipeError("model.init_args.policy.load_in_4bit", "4-bit (QLoRA) weights are not sharded by "
                                     "FSDP2 or DeepSpeed in this library",
                                     "use strategy: ddp (every GPU holds the 4-bit base, a quarter of bf16's size)"))
-    if isinstance(strategy, FSDPStrategy):
-        problems.append(RecipeError(FIELD, "Lightning's FSDPStrategy (FSDP1) is not supported: the module shards its "
-                                           "models itself with FSDP2",
-                                    "use strategy: fsdp (rlhf_lightning.distributed.FSDP2Strategy)"))
-    elif isinstance(strategy, ModelParallelStrategy) and not isinstance(strategy, FSDP2Strategy):
-        problems.append(RecipeError(FIELD, "a plain ModelParallelStrategy shards over a tensor-parallel group the "
-                                           "data is not split over, and tensor parallelism is not supported",
-                                    "use strategy: fsdp (rlhf_lightning.distributed.FSDP2Strategy)"))
-    elif isinstance(strategy, DeepSpeedStrategy) and not isinstance(strategy, ZeroStrategy):
-        problems.append(RecipeError(FIELD, "Lightning's DeepSpeedStrategy clips nothing under manual optimisation, "
-                                           "so model.init_args.max_grad_norm would be ignored",
-                                    "use strategy: deepspeed_stage_2 or deepspeed_stage_3 "
-                                    "(rlhf_lightning.distributed.deepspeed.ZeroStrategy)"))
+    refused = strategy_class_problem(type(strategy))
+    if refused is not None:
+        problems.append(refused)
     elif isinstance(strategy, FSDP2Strategy) and precision in ("bf16-true", "16-true"):
         problems.append(RecipeError("trainer.precision", f"{precision} would cast the sharded fp32 master weights to "
                                                          "half precision, so small updates round away",

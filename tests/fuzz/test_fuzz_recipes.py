@@ -1,4 +1,5 @@
-"""Bad input ends in one clear message (the recipe key and the fix), exit code 2 and no traceback.
+"""Fuzz: recipes and command lines. Bad input ends in one clear message (the recipe key and the fix), exit
+code 2, no traceback, and the finished run in the folder (``run_root``, given ``overwrite: true``) is left whole.
 
 Every case runs ``rlhf_lightning.cli.main`` in-process on the tiny model; one runs the installed
 ``rlhf-lightning`` console script. Recipe-file cases write a YAML recipe (the way users give input);
@@ -18,59 +19,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from faults import expect_exit, expect_fault
 from rlhf_lightning.cli import main
-from runs import tiny_run_args
+from runs import chat_model_dir, tiny_recipe, tiny_run_args
 from tiny import make_model_dir
 
-TESTS = Path(__file__).parent
-
-
-def tiny_recipe(model_dir: Path, data: dict, root: Path) -> dict:
-    """A complete recipe for one rollout batch of REBEL on the tiny model (as a user would write it)."""
-    return {
-        "seed_everything": 0,
-        "trainer": {
-            "max_epochs": 1, "limit_train_batches": 1, "logger": False, "enable_checkpointing": False,
-            "enable_progress_bar": False, "enable_model_summary": False, "default_root_dir": str(root),
-        },
-        "rollout": {"class_path": "rlhf_lightning.callbacks.Rollout",
-                    "init_args": {"max_new_tokens": 6, "no_eos_reward": None}},
-        "model": {
-            "class_path": "rlhf_lightning.RLHFModule",
-            "init_args": {
-                "policy": {"path": str(model_dir)},
-                "objective": {"class_path": "rlhf_lightning.REBEL", "init_args": {"inner_epochs": 1}},
-                "reward": {"class_path": "rlhf_lightning.rewards.FunctionReward",
-                           "init_args": {"function": "tiny.good_word_reward"}},
-                "lr": 0.003,
-            },
-        },
-        "data": {
-            "class_path": "rlhf_lightning.data.PromptDataModule",
-            "init_args": {"train_file": str(data["train"]), "tokenizer": str(model_dir), "batch_size": 8},
-        },
-    }
-
-
-def chat_model_dir(root: Path) -> Path:
-    """A tiny model with a ChatML-style tokenizer of 20 tokens (the tiny Llama has 15)."""
-    from tiny import make_chat_tokenizer
-
-    path = root / "chat_model"
-    return path if path.exists() else make_model_dir(path, tokenizer=make_chat_tokenizer())
-
-
-def expect_error(args: list[str], capsys) -> str:
-    """Run ``main(args)``: it must exit with code 2 and one ``rlhf-lightning: error`` line, no traceback."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2, err
-    assert "Traceback" not in err, err
-    headlines = [line for line in err.splitlines() if line.startswith("rlhf-lightning: error")]
-    assert len(headlines) == 1, err
-    assert len(err[err.index(headlines[0]):].splitlines()) <= 3, err  # the message, its fix, nothing more
-    return err[err.index(headlines[0]):]
+TESTS = Path(__file__).parent.parent
+OVERWRITE = ["--overwrite", "true"]
 
 
 def _set(recipe: dict, dotted: str, value) -> None:
@@ -163,21 +118,97 @@ RECIPE_CASES = {
                                                   "trainer.strategy:", "use strategy: fsdp"),
     "zero max_grad_norm": (lambda r: _set(r, "model.init_args.max_grad_norm", 0.0), "model.init_args.max_grad_norm:",
                            "or null (no clipping)"),
+    "policy given as a string": (lambda r: _set(r, "model.init_args.policy", r["model"]["init_args"]["policy"]["path"]),
+                                 "model.init_args.policy:", "write it as `policy: {path: "),
+    "negative top_k": (lambda r: _set(r, "rollout.init_args.top_k", -3), "rollout.init_args.top_k:", "must be ≥ 0"),
+    "zero temperature": (lambda r: _set(r, "rollout.init_args.temperature", 0.0), "rollout.init_args.temperature:",
+                         "must be > 0 for sampling"),
+    "negative temperature": (lambda r: _set(r, "rollout.init_args.temperature", -1.0),
+                             "rollout.init_args.temperature:", "must be ≥ 0"),
+    "zero top_p": (lambda r: _set(r, "rollout.init_args.top_p", 0.0), "rollout.init_args.top_p:", "must be in (0, 1]"),
+    "infinite kl_coef": (lambda r: _set(r, "rollout.init_args.kl_coef", float("inf")), "rollout.init_args.kl_coef:",
+                         "finite number ≥ 0"),
+    "negative kl_coef": (lambda r: _set(r, "rollout.init_args.kl_coef", -1.0), "rollout.init_args.kl_coef:",
+                         "finite number ≥ 0"),
+    "rollout max_new_tokens 0": (lambda r: _set(r, "rollout.init_args.max_new_tokens", 0),
+                                 "rollout.init_args.max_new_tokens:", "must be ≥ 1"),
+    "nan no_eos_reward": (lambda r: _set(r, "rollout.init_args.no_eos_reward", float("nan")),
+                          "rollout.init_args.no_eos_reward:", "finite number or null"),
+    "a rollout key of another class": (lambda r: _set(r, "rollout.init_args.samples_per_prompt", 4),
+                                       "rollout.init_args.samples_per_prompt:", "valid keys here: generator"),
+    "zero eta": (lambda r: _set(r, "model.init_args.objective.init_args.eta", 0.0),
+                 "model.init_args.objective.init_args.eta:", "must be > 0"),
+    "nan eta": (lambda r: _set(r, "model.init_args.objective.init_args.eta", float("nan")),
+                "model.init_args.objective.init_args.eta:", "must be > 0, got nan"),
+    "zero inner_epochs": (lambda r: _set(r, "model.init_args.objective.init_args.inner_epochs", 0),
+                          "model.init_args.objective.init_args.inner_epochs:", "must be ≥ 1"),
+    "zero batch_size": (lambda r: _set(r, "data.init_args.batch_size", 0), "data.init_args.batch_size:", "must be ≥ 1"),
+    "negative batch_size": (lambda r: _set(r, "data.init_args.batch_size", -2), "data.init_args.batch_size:",
+                            "must be ≥ 1"),
+    "zero micro_batch_size": (lambda r: _set(r, "model.init_args.micro_batch_size", 0),
+                              "model.init_args.micro_batch_size:", "must be ≥ 1 or null"),
+    "misspelt lr_schedule": (lambda r: _set(r, "model.init_args.lr_schedule", "cosin"), "model.init_args.lr_schedule:",
+                             "one of 'constant', 'linear', 'cosine'"),
+    "zero cpu_threads": (lambda r: _set(r, "cpu_threads", 0), "cpu_threads:", "must be ≥ 1 or null"),
+    "seed of text": (lambda r: _set(r, "seed_everything", "abc"), "seed_everything:", "expected bool or int"),
+    "unknown precision": (lambda r: _set(r, "trainer.precision", "bf17"), "trainer.precision:", "'bf16-mixed'"),
+    "unknown DeepSpeed stage": (lambda r: _set(r, "trainer.strategy", "deepspeed_stage_5"), "trainer.strategy:",
+                                "deepspeed_stage_2 or deepspeed_stage_3"),
+    "FSDP1 by class path": (lambda r: _set(r, "trainer.strategy", "lightning.pytorch.strategies.FSDPStrategy"),
+                            "trainer.strategy:", "FSDPStrategy (FSDP1) is not supported"),
+    "an accelerator this machine lacks": (lambda r: _set(r, "trainer.accelerator", "mps"), "trainer:",
+                                          "check the trainer settings"),
+    "limit_train_batches 0": (lambda r: _set(r, "trainer.limit_train_batches", 0), "trainer.limit_train_batches:",
+                              "would train on nothing"),
+    "max_epochs 0": (lambda r: _set(r, "trainer.max_epochs", 0), "trainer.max_epochs:", "would train on nothing"),
+    "max_steps 0": (lambda r: _set(r, "trainer.max_steps", 0), "trainer.max_steps:", "would train on nothing"),
+    "trainer gradient accumulation": (lambda r: _set(r, "trainer.accumulate_grad_batches", 4),
+                                      "trainer.accumulate_grad_batches:", "model.init_args.micro_batch_size"),
+    "trainer gradient clipping": (lambda r: _set(r, "trainer.gradient_clip_val", 1.0), "trainer.gradient_clip_val:",
+                                  "model.init_args.max_grad_norm"),
+    "callback that does not exist": (lambda r: _set(r, "trainer.callbacks", [
+        {"class_path": "lightning.pytorch.callbacks.NoSuchCallback"}]), "trainer.callbacks.class_path:",
+        "cannot import 'lightning.pytorch.callbacks.NoSuchCallback'"),
+    "reward class that does not exist": (lambda r: _set(r, "model.init_args.reward", {
+        "class_path": "rlhf_lightning.rewards.NoReward"}), "model.init_args.reward.class_path:", "cannot import"),
+    "reward function that does not exist": (lambda r: _set(r, "model.init_args.reward.init_args.function",
+                                                           "tiny.no_such_fn"),
+                                            "model.init_args.reward.init_args.function:", "has no attribute 'no_such_fn'"),
+    "reward function in a missing module": (lambda r: _set(r, "model.init_args.reward.init_args.function", "nomod.fn"),
+                                            "model.init_args.reward.init_args.function:", "cannot import module 'nomod'"),
+    "reward function that is not callable": (lambda r: _set(r, "model.init_args.reward.init_args.function",
+                                                            "tiny.WORDS"),
+                                             "model.init_args.reward.init_args.function:", "is not callable"),
+    "online objective without a reward": (lambda r: _set(r, "model.init_args.reward", None), "model.init_args.reward:",
+                                          "no reward source is set"),
+    "no objective": (lambda r: _set(r, "model.init_args.objective", None), "model.init_args.objective:", "required"),
+    "objective that is not an Objective": (lambda r: _set(r, "model.init_args.objective", {
+        "class_path": "torch.nn.Linear", "init_args": {"in_features": 1, "out_features": 1}}),
+        "model.init_args.objective:", "does not correspond to a subclass of Objective"),
+    "zero divergence patience": (lambda r: _set(r, "model.init_args.divergence", {"patience": 0}),
+                                 "model.init_args.divergence.patience:", "must be ≥ 1"),
+    "zero zero_gradient_steps": (lambda r: _set(r, "model.init_args.divergence", {"zero_gradient_steps": 0}),
+                                 "model.init_args.divergence.zero_gradient_steps:", "must be ≥ 1 or null"),
+    "unknown divergence action": (lambda r: _set(r, "model.init_args.divergence", {"action": "explode"}),
+                                  "model.init_args.divergence", "one of 'stop', 'warn'"),
+    "max_prompt_length 0": (lambda r: _set(r, "data.init_args.max_prompt_length", 0),
+                            "data.init_args.max_prompt_length:", "are longer than 0 tokens"),
+    "weights_only of text": (lambda r: _set(r, "weights_only", "maybe"), "weights_only:", "expected bool or null"),
 }
 
 
 @pytest.mark.parametrize("case", list(RECIPE_CASES))
-def test_bad_recipe_file(case, tiny_model, tiny_data, tmp_path, capsys):
+def test_bad_recipe_file(case, tiny_model, tiny_data, run_root, tmp_path, capsys):
     change, key, text = RECIPE_CASES[case]
-    recipe = copy.deepcopy(tiny_recipe(tiny_model, tiny_data, tmp_path))
+    recipe = copy.deepcopy(tiny_recipe(tiny_model, tiny_data, run_root))
+    recipe["overwrite"] = True
     recipe["_chat_model"] = str(chat_model_dir(tmp_path))  # a model of another family (cases that need one)
     change(recipe)
     del recipe["_chat_model"]
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    message = expect_error(["run", str(path)], capsys)
+    message = expect_fault(["run", str(path)], capsys, text, protect=run_root)
     assert message.startswith(f"rlhf-lightning: error in the recipe: {key}"), message
-    assert text in message, message
 
 
 # command-line overrides: (extra args, key, text)
@@ -192,15 +223,15 @@ ARG_CASES = {
 
 
 @pytest.mark.parametrize("case", list(ARG_CASES))
-def test_bad_command_line_value(case, tiny_model, tiny_data, tmp_path, capsys):
+def test_bad_command_line_value(case, tiny_model, tiny_data, run_root, capsys):
     extra, key, text = ARG_CASES[case]
-    message = expect_error(tiny_run_args(tiny_model, tiny_data, tmp_path, batches=1, extra=extra), capsys)
+    args = tiny_run_args(tiny_model, tiny_data, run_root, batches=1, extra=extra + OVERWRITE)
+    message = expect_fault(args, capsys, text, protect=run_root)
     assert message.startswith(f"rlhf-lightning: error in the recipe: {key}"), message
-    assert text in message, message
 
 
 def test_missing_recipe_file(capsys, tmp_path):
-    message = expect_error(["run", str(tmp_path / "missing.yaml")], capsys)
+    message = expect_exit(["run", str(tmp_path / "missing.yaml")], capsys)
     assert "missing.yaml' does not exist" in message
 
 
@@ -212,16 +243,22 @@ def test_run_without_recipe_prints_usage(capsys):
 
 
 # ------------------------------------------------------------------ errors found while the run starts
-def test_model_path_does_not_exist(tiny_model, tiny_data, tmp_path, capsys):
+def _refused(tiny_model, tiny_data, run_root, capsys, extra: list[str], text: str = "") -> str:
+    """One rollout batch with ``extra`` into the finished run's folder (``--overwrite true``): refused, nothing
+    lost."""
+    args = tiny_run_args(tiny_model, tiny_data, run_root, batches=1, extra=extra + OVERWRITE)
+    return expect_fault(args, capsys, text, protect=run_root)
+
+
+def test_model_path_does_not_exist(tiny_model, tiny_data, run_root, tmp_path, capsys):
     missing = tmp_path / "no-such-model"
-    message = expect_error(tiny_run_args(tiny_model, tiny_data, tmp_path, batches=1,
-                                         extra=["--model.policy.path", str(missing)]), capsys)
+    message = _refused(tiny_model, tiny_data, run_root, capsys, ["--model.policy.path", str(missing)])
     assert message.startswith("rlhf-lightning: error in the recipe: model.init_args.policy.path:")
     assert f"'{missing}' does not exist" in message and "fix:" in message
 
 
 @pytest.mark.parametrize("kind", ["empty directory", "data file", "tokenizer only"])
-def test_model_path_is_not_a_model(kind, tiny_model, tiny_data, tmp_path, capsys):
+def test_model_path_is_not_a_model(kind, tiny_model, tiny_data, run_root, tmp_path, capsys):
     """A path that exists but is not a Hugging Face model directory."""
     if kind == "empty directory":
         path = tmp_path / "notes"
@@ -237,25 +274,22 @@ def test_model_path_is_not_a_model(kind, tiny_model, tiny_data, tmp_path, capsys
             if (tiny_model / name).exists():
                 shutil.copy(tiny_model / name, path / name)
         problem = "has no config.json, so it is not a saved model"
-    message = expect_error(tiny_run_args(tiny_model, tiny_data, tmp_path, batches=1,
-                                         extra=["--model.policy.path", str(path)]), capsys)
+    message = _refused(tiny_model, tiny_data, run_root, capsys, ["--model.policy.path", str(path)])
     assert message.startswith("rlhf-lightning: error in the recipe: model.init_args.policy.path:"), message
     assert problem in message, message
 
 
-def test_data_file_does_not_exist(tiny_model, tiny_data, tmp_path, capsys):
+def test_data_file_does_not_exist(tiny_model, tiny_data, run_root, tmp_path, capsys):
     missing = tmp_path / "no-such-data.jsonl"
-    message = expect_error(tiny_run_args(tiny_model, tiny_data, tmp_path, batches=1,
-                                         extra=["--data.train_file", str(missing)]), capsys)
+    message = _refused(tiny_model, tiny_data, run_root, capsys, ["--data.train_file", str(missing)])
     assert message.startswith("rlhf-lightning: error in the recipe: data.init_args.train_file:")
     assert "does not exist" in message
 
 
-def test_data_without_prompt_column(tiny_model, tiny_data, tmp_path, capsys):
+def test_data_without_prompt_column(tiny_model, tiny_data, run_root, tmp_path, capsys):
     rows = tmp_path / "rows.jsonl"
     rows.write_text("".join(json.dumps({"text": "say : cat dog"}) + "\n" for _ in range(16)))
-    message = expect_error(tiny_run_args(tiny_model, tiny_data, tmp_path, batches=1,
-                                         extra=["--data.train_file", str(rows)]), capsys)
+    message = _refused(tiny_model, tiny_data, run_root, capsys, ["--data.train_file", str(rows)])
     assert message.startswith("rlhf-lightning: error in the recipe: data.init_args.train_file:")
     assert "has no column 'prompt' (columns: text)" in message
     assert "set data.init_args.prompt_column to the column" in message  # the fix names the option
@@ -269,9 +303,9 @@ def _with_long_prompts(tiny_data, tmp_path) -> Path:
     return path
 
 
-def test_long_prompt_is_an_error_by_default(tiny_model, tiny_data, tmp_path, capsys):
+def test_long_prompt_is_an_error_by_default(tiny_model, tiny_data, run_root, tmp_path, capsys):
     extra = ["--data.train_file", str(_with_long_prompts(tiny_data, tmp_path)), "--data.max_prompt_length", "6"]
-    message = expect_error(tiny_run_args(tiny_model, tiny_data, tmp_path, batches=1, extra=extra), capsys)
+    message = _refused(tiny_model, tiny_data, run_root, capsys, extra)
     assert message.startswith("rlhf-lightning: error in the recipe: data.init_args.max_prompt_length:")
     assert "8 of 72 prompts" in message and "on_long_prompt: skip" in message
 
@@ -318,10 +352,9 @@ def test_unrecognised_parser_message_is_passed_on():
     assert error.problem == "Something new: went wrong somewhere"
 
 
-def test_empty_prompts_are_an_error(tiny_model, tiny_data, tmp_path, capsys):
+def test_empty_prompts_are_an_error(tiny_model, tiny_data, run_root, tmp_path, capsys):
     train = tmp_path / "train.jsonl"
     lines = tiny_data["train"].read_text().splitlines()
     train.write_text("\n".join(lines[:3] + [json.dumps({"prompt": " ", "reference": "good"})] + lines[3:]) + "\n")
-    args = tiny_run_args(tiny_model, {**tiny_data, "train": train}, tmp_path / "run", batches=1)
-    message = expect_error(args, capsys)
+    message = _refused(tiny_model, tiny_data, run_root, capsys, ["--data.train_file", str(train)])
     assert "data.init_args.train_file:" in message and "1 of" in message and "row 3" in message, message
