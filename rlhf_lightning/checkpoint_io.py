@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -69,7 +70,12 @@ class SafeCheckpointIO(TorchCheckpointIO):
 def read_problem(path: Path, error: BaseException) -> Optional[RecipeError]:
     """The one-line error for a checkpoint ``torch.load`` could not read (``None`` for other errors): refused
     because it would run code when unpickled, or truncated/damaged (naming the newest other checkpoint)."""
-    if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in str(error):
+    if is_safetensors(path):
+        return RecipeError(FIELD, f"'{path}' is a safetensors weights file, not a training checkpoint (it holds no "
+                                  "optimizer, step or data position)",
+                           "to start from these weights set model.init_args.policy.path to its folder; to resume, "
+                           "give a .ckpt that ModelCheckpoint wrote")
+    if isinstance(error, pickle.UnpicklingError) and "unsupported global" in str(error).lower():
         return RecipeError(FIELD, f"'{path}' holds objects other than tensors and plain values, which are not "
                                   "loaded (a checkpoint that runs code when loaded is refused)",
                            "resume from a checkpoint this library wrote")
@@ -79,13 +85,30 @@ def read_problem(path: Path, error: BaseException) -> Optional[RecipeError]:
     return damaged(path, error)
 
 
+def is_safetensors(path: Path) -> bool:
+    """Whether ``path`` is a safetensors file (an 8-byte header length, then a JSON header)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 100_000_000
+
+
+def _other_checkpoints(path: Path) -> list[Path]:
+    """The other non-empty checkpoint files of ``path``'s folder, newest first."""
+    return sorted((p for p in path.parent.glob("*.ckpt") if p.resolve() != path.resolve() and p.is_file()
+                   and p.stat().st_size > 0), key=lambda p: p.stat().st_mtime, reverse=True)
+
+
 def damaged(path: Path, error: BaseException) -> RecipeError:
     """The error for a checkpoint that cannot be read, naming the other checkpoints of its folder."""
-    others = sorted((p for p in path.parent.glob("*.ckpt") if p.resolve() != path.resolve() and p.is_file()
-                     and p.stat().st_size > 0), key=lambda p: p.stat().st_mtime, reverse=True)
+    others = _other_checkpoints(path)
     fix = (f"resume from the newest other checkpoint: --ckpt_path {others[0]}" if others
            else "no other checkpoint is in its folder: start the run afresh")
-    reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+    text = str(error)
+    unpickler = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)  # not the advice around it
+    reason = (unpickler.group(1) if unpickler else text.splitlines()[0] if text else type(error).__name__)[:120]
     return RecipeError(FIELD, f"'{path}' cannot be read (truncated or damaged: {reason})", fix)
 
 
@@ -100,24 +123,59 @@ def nothing_left_to_train(checkpoint: dict[str, Any], max_epochs: Optional[int],
     """The error for resuming a checkpoint whose run already reached this trainer's ``max_epochs`` or
     ``max_steps`` (Lightning would train 0 batches and end as if it had succeeded); ``None`` otherwise.
 
-    A checkpoint written at the end of an epoch counts that epoch as done: a larger ``limit_train_batches``
-    does not reopen it, only a larger ``max_epochs`` (a further pass over the prompts) trains on.
+    A checkpoint written at the end of an epoch, or at its last batch, counts that epoch as done: a larger
+    ``limit_train_batches`` does not reopen it, only a larger ``max_epochs`` (a further pass over the prompts)
+    trains on. (Resuming the last batch's checkpoint with the same settings is allowed: it trains nothing but
+    runs the end of the run again, e.g. an export a crash interrupted.)
     """
     fit_loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
     epochs = (fit_loop.get("epoch_progress") or {}).get("current", {}).get("processed")
-    batches = (fit_loop.get("epoch_loop.batch_progress") or {}).get("current", {}).get("completed")
+    batch_progress = fit_loop.get("epoch_loop.batch_progress") or {}
+    batches = batch_progress.get("current", {}).get("processed")
     step = int(checkpoint.get("global_step") or 0)
-    if epochs is not None and max_epochs is not None and max_epochs >= 0 and epochs >= max_epochs:
-        more = (f"; its last epoch ended after {batches} batches, and a larger limit_train_batches "
-                f"({limit_train_batches}) does not reopen a finished epoch"
-                if isinstance(limit_train_batches, int) and batches is not None and limit_train_batches > batches
-                else "")
+    limited = max_epochs is not None and max_epochs >= 0 and epochs is not None
+    reopened = (isinstance(limit_train_batches, int) and not isinstance(limit_train_batches, bool)
+                and batches is not None and limit_train_batches > batches)
+    more = (f"; its last epoch ended after {batches} batches, and a larger limit_train_batches "
+            f"({limit_train_batches}) does not reopen a finished epoch" if reopened else "")
+    fix = (f"to train on, raise trainer.max_epochs above {max_epochs} (each further epoch is a new pass over the "
+           "prompts), or start a new run in another trainer.default_root_dir")
+    if limited and epochs >= max_epochs:
         return RecipeError(FIELD, f"the checkpoint is from the end of a run that finished its {epochs} epoch(s) "
-                                  f"(trainer.max_epochs: {max_epochs}), so resuming it would train nothing{more}",
-                           f"to train on, raise trainer.max_epochs above {epochs} (each further epoch is a new pass "
-                           "over the prompts), or start a new run in another trainer.default_root_dir")
+                                  f"(trainer.max_epochs: {max_epochs}), so resuming it would train nothing{more}", fix)
+    if limited and batch_progress.get("is_last_batch") and epochs + 1 >= max_epochs and reopened:
+        return RecipeError(FIELD, f"the checkpoint is from the last batch of the run's last epoch (trainer.max_epochs: "
+                                  f"{max_epochs}), so resuming it would train nothing{more}", fix)
     if max_steps is not None and max_steps >= 0 and step >= max_steps:
         return RecipeError(FIELD, f"the checkpoint is at optimizer step {step}, which already reaches "
                                   f"trainer.max_steps: {max_steps}, so resuming it would train nothing",
                            f"to train on, raise trainer.max_steps above {step}")
+    return None
+
+
+def state_problem(saved: dict[str, Any], expected: dict[str, Any], path: Optional[str]) -> Optional[RecipeError]:
+    """The error for a checkpoint whose weights do not fit the recipe's models (other keys or shapes: another
+    model, objective, critic or LoRA setting), or are not finite (written from a diverged state)."""
+    missing = sorted(set(expected) - set(saved))
+    unexpected = sorted(set(saved) - set(expected))
+    reshaped = [key for key in sorted(set(saved) & set(expected))
+                if hasattr(saved[key], "shape") and tuple(saved[key].shape) != tuple(expected[key].shape)]
+    where = f"'{path}'" if path else "the checkpoint"
+    if missing or unexpected or reshaped:
+        parts = [f"{len(keys)} {label} (e.g. '{keys[0]}'{detail(keys[0])})" for keys, label, detail in (
+            (missing, "weights it lacks", lambda k: ""),
+            (unexpected, "weights the recipe's models do not have", lambda k: ""),
+            (reshaped, "of another shape", lambda k: f": {list(saved[k].shape)} saved, {list(expected[k].shape)} here"))
+            if keys]
+        return RecipeError(FIELD, f"{where} does not fit this recipe's models: {'; '.join(parts)}",
+                           "resume with the recipe it was written with (the run's config.yaml), or start a new run")
+    broken = {key: int((~torch.isfinite(value)).sum()) for key, value in saved.items()
+              if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()}
+    if broken:
+        first = next(iter(broken))
+        others = _other_checkpoints(Path(path)) if path else []
+        fix = (f"resume from an earlier checkpoint: --ckpt_path {others[0]}" if others
+               else "start the run afresh from the model")
+        return RecipeError(FIELD, f"{where} holds {sum(broken.values())} non-finite weights in {len(broken)} tensors "
+                                  f"(e.g. '{first}'): it was written from a diverged state", fix)
     return None

@@ -92,7 +92,9 @@ class RLHFCLI(LightningCLI):
         check_ckpt_path(config.get("ckpt_path"), Path(self.trainer.default_root_dir))
         if rank_zero_only.rank == 0:
             root = Path(self.trainer.default_root_dir)
-            prepare_run_folder(root, resuming=bool(config.get("ckpt_path")), overwrite=bool(config.get("overwrite")))
+            resuming = resumes(config.get("ckpt_path"), self.trainer)
+            prepare_run_folder(root, resuming=resuming, overwrite=bool(config.get("overwrite")),
+                               no_last_checkpoint=config.get("ckpt_path") == "last" and not resuming)
             self._lock = acquire_lock(root)
         text = self._parser(self.subcommand).dump(config, skip_none=False, skip_validation=True)
         self.model.summary.update(seed=config.get("seed_everything"),
@@ -183,13 +185,33 @@ def trainer_problems(trainer) -> list[RecipeError]:
 CKPT_NAMES = ("last", "best", "hpc", "registry")  # resolved by Lightning
 
 
+def resumes(ckpt_path: Optional[str], trainer) -> bool:
+    """Whether the run loads a checkpoint: ``--ckpt_path last`` with no last checkpoint yet starts a new run
+    (Lightning allows it, so that a job script can always pass it), which the run-folder rules then treat as
+    new."""
+    if not ckpt_path:
+        return False
+    if ckpt_path != "last":
+        return True
+    found: set[str] = set()
+    for callback in trainer.checkpoint_callbacks:
+        finder = getattr(callback, "_find_last_checkpoints", None)
+        found |= set(finder(trainer)) if finder is not None else set()
+    return bool(found)
+
+
 def check_ckpt_path(ckpt_path: Optional[str], root: Path) -> None:
     """``--ckpt_path`` must name an existing checkpoint (or one of Lightning's names, e.g. ``last``)."""
-    if not ckpt_path or ckpt_path in CKPT_NAMES or ckpt_path.startswith("registry") or Path(ckpt_path).exists():
-        return
     found = sorted((root / "checkpoints").glob("*.ckpt")) if (root / "checkpoints").is_dir() else []
     fix = (f"checkpoints of this run: {', '.join(str(p) for p in found[:5])}" if found
            else "give the path of a checkpoint file, or --ckpt_path last")
+    if ckpt_path == "best":  # the best path of the current process's ModelCheckpoint: empty in a new process
+        raise RecipeError("ckpt_path", "'best' names the best checkpoint this process has written, and a new run "
+                                       "has written none", fix)
+    if ckpt_path == "hpc" and not list(root.glob("hpc_ckpt_*.ckpt")):
+        raise RecipeError("ckpt_path", f"'hpc': no SLURM checkpoint (hpc_ckpt_*.ckpt) in '{root}'", fix)
+    if not ckpt_path or ckpt_path in CKPT_NAMES or ckpt_path.startswith("registry") or Path(ckpt_path).exists():
+        return
     raise RecipeError("ckpt_path", f"'{ckpt_path}' does not exist", fix)
 
 

@@ -8,6 +8,7 @@ written from them, stay finite: the last checkpoint before the stop is a good on
 from __future__ import annotations
 
 import math
+import traceback
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterable, Literal, Optional
@@ -54,6 +55,23 @@ def require_finite(quantity: str, values: Tensor, step: int,
     nan, inf, total = (int(c) for c in reduce_sum(counts).tolist())
     if nan or inf:
         raise TrainingDiverged(quantity, step, f"{nan} NaN and {inf} infinite of {total} values")
+
+
+def check_loss_value(loss: object, objective: str) -> None:
+    """An objective's loss must be a scalar tensor that depends on the trainable weights (a user's objective
+    that returns a float, a per-token tensor or a detached value would otherwise fail inside backward, or
+    train nothing)."""
+    field = "model.init_args.objective"
+    if not isinstance(loss, Tensor):
+        raise RecipeError(field, f"{objective}.loss returned {type(loss).__name__}, not a tensor",
+                          "return (loss, metrics) with loss a 0-dim tensor computed from the log-probs")
+    if loss.dim() != 0:
+        raise RecipeError(field, f"{objective}.loss returned a loss of shape {list(loss.shape)}, not a scalar",
+                          "reduce it to one number (e.g. masked mean over tokens, then mean over rows)")
+    if not loss.requires_grad:
+        raise RecipeError(field, f"{objective}.loss returned a loss that does not depend on the policy's weights "
+                                 "(no gradient flows from it)",
+                          "compute it from the logprobs argument without .detach() or .item()")
 
 
 def clip_gradient_norm(parameters: Iterable[Tensor], max_norm: Optional[float]) -> Optional[Tensor]:
@@ -148,3 +166,15 @@ class DivergenceMonitor:
 
 class PolicyDiverged(TrainingStopped):
     """The policy ran beyond a :class:`DivergenceLimits` limit (finite, but no longer a useful policy)."""
+
+
+class RewardFailed(TrainingStopped):
+    """The user's reward code raised: the run stops before the batch it was scoring trains anything."""
+
+    def __init__(self, source: str, error: BaseException) -> None:
+        frames = traceback.extract_tb(error.__traceback__)
+        where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+        super().__init__(f"the reward function '{source}' raised {type(error).__name__}: {error}{where}; the weights "
+                         "were not updated with this batch, and the last checkpoint written is from before it\n"
+                         "  fix: make the function return one number per response for any input (resume with "
+                         "--ckpt_path last once it does)")

@@ -19,7 +19,7 @@ from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch import Tensor, nn
 
 from rlhf_lightning.batches import SequenceBatch
-from rlhf_lightning.checkpoint_io import install as install_safe_checkpoint_io, nothing_left_to_train
+from rlhf_lightning.checkpoint_io import install as install_safe_checkpoint_io, nothing_left_to_train, state_problem
 from rlhf_lightning.critic import load_value_model, sequence_scores, token_values, value_model_parts
 from rlhf_lightning.distributed import FSDP2Strategy, is_sharded, shard, strategy_problems
 from rlhf_lightning.distributed.export import save_sharded_hf_directory
@@ -27,7 +27,8 @@ from rlhf_lightning.distributed.fsdp import upcast_trainable
 from rlhf_lightning.distributed.zero3 import is_partitioned
 from rlhf_lightning.errors import RecipeError, raise_all
 from rlhf_lightning.generation import Generation, Generator, HFGenerator, SamplingParams
-from rlhf_lightning.guards import DivergenceLimits, DivergenceMonitor, clip_gradient_norm, require_finite
+from rlhf_lightning.guards import (DivergenceLimits, DivergenceMonitor, check_loss_value, clip_gradient_norm,
+                                   require_finite)
 from rlhf_lightning.logprobs import response_logprobs, sequence_nll
 from rlhf_lightning.models import (ModelConfig, context_length, disable_dropout, freeze, load_causal_lm,
                                    load_model_config, load_tokenizer, same_tokenizer, save_hf_directory,
@@ -406,6 +407,7 @@ class RLHFModule(LightningModule):
         for index, chunk in enumerate(chunks):
             logprobs, outputs = forward if forward is not None else self._forward(chunk)
             loss, chunk_metrics = self.objective.loss(logprobs, chunk, **outputs)
+            check_loss_value(loss, type(self.objective).__name__)
             require_finite("loss", loss, self._batch_number, self.reduce_sum)
             weight = self.objective.chunk_weight(chunk, minibatch) if len(chunks) > 1 else 1.0
             self._backward(loss * weight, closes_step=index == len(chunks) - 1 and pretrain is None)
@@ -722,6 +724,10 @@ class RLHFModule(LightningModule):
         current = self.state_dict()
         for key in self.reloaded_from_path():  # as loaded from the model's path: the same weights
             state.setdefault(key, current[key])
+        if state and not (is_sharded(self.policy) or is_partitioned(self.policy)):
+            problem = state_problem(state, current, getattr(self._trainer, "ckpt_path", None))
+            if problem is not None:
+                raise problem
         counters = checkpoint.get("run_counters")
         if counters:  # the summary counts the whole run, not only the part after the resume
             self._samples_generated = int(counters["samples_generated"])

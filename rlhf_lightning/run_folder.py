@@ -29,14 +29,16 @@ def previous_outputs(root: Path) -> list[str]:
     return [name for name in OUTPUTS if (root / name).exists()]
 
 
-def prepare_run_folder(root: Path, resuming: bool, overwrite: bool) -> None:
-    """Refuse (or, with ``overwrite``, clear) another run's outputs in ``root``; a resume continues in place."""
+def prepare_run_folder(root: Path, resuming: bool, overwrite: bool, no_last_checkpoint: bool = False) -> None:
+    """Refuse (or, with ``overwrite``, clear) another run's outputs in ``root``; a resume continues in place.
+    ``no_last_checkpoint``: ``--ckpt_path last`` was given but found nothing to resume (a new run)."""
     found = previous_outputs(root)
     if not found or resuming:
         return
     if not overwrite:
+        why = " (--ckpt_path last found no last checkpoint to resume)" if no_last_checkpoint else ""
         raise RecipeError(FIELD, f"'{root}' holds another run's outputs ({', '.join(found)}), which this run would "
-                                 "replace",
+                                 f"replace{why}",
                           "set another trainer.default_root_dir, resume that run with --ckpt_path last, or set "
                           "overwrite: true (--overwrite true) to remove them first")
     remove_path(root / REPLACED)  # a run replaced before the last one (that one wrote outputs, then failed)

@@ -230,6 +230,16 @@ def test_bad_command_line_value(case, tiny_model, tiny_data, run_root, capsys):
     assert message.startswith(f"rlhf-lightning: error in the recipe: {key}"), message
 
 
+@pytest.mark.parametrize("content, text", [("model:\n  class_path: x\n   bad: [\n", "is not valid YAML: mapping values "
+                                            "are not allowed here at line 3, column 7"),
+                                           ("", "is empty"), ("- a\n- b\n", "holds a list, not a mapping of keys")])
+def test_bad_recipe_file_names_the_file(content, text, tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(content)
+    message = expect_exit(["run", str(recipe)], capsys)
+    assert f"'{recipe}' {text}" in message, message
+
+
 def test_missing_recipe_file(capsys, tmp_path):
     message = expect_exit(["run", str(tmp_path / "missing.yaml")], capsys)
     assert "missing.yaml' does not exist" in message
