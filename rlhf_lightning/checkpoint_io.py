@@ -22,8 +22,37 @@ from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from rlhf_lightning.errors import RecipeError
+from rlhf_lightning.guards import TrainingStopped
 
 FIELD = "ckpt_path"
+
+
+class OutputNotWritten(TrainingStopped):
+    """A run's output could not be written (a full disk, a file-size limit, a read-only folder): the run stops
+    with one message naming the file; what was there before stays as it was."""
+
+    def __init__(self, path: Path, error: OSError, kept: Optional[Path] = None) -> None:
+        reason = error.strerror or type(error).__name__
+        before = (f"; '{kept}' is still the previous, complete version" if kept is not None
+                  else "; nothing was left under its name")
+        super().__init__(f"cannot write '{path}': {reason}{before}\n"
+                         "  fix: free space on that disk (or point the output at a disk with room), then resume with "
+                         "--ckpt_path last")
+
+
+def os_error_in(error: BaseException) -> Optional[OSError]:
+    """``error`` or the first ``OSError`` along its chain of causes, or the one a message reports as
+    ``(os error N)``; ``None`` if there is none."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error
+        code = re.search(r"\(os error (\d+)\)", str(error))  # safetensors' Rust writer reports errno in its text
+        if code:
+            return OSError(int(code.group(1)), os.strerror(int(code.group(1))))
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
@@ -43,6 +72,12 @@ class SafeCheckpointIO(TorchCheckpointIO):
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(temp, target)
+        except Exception as error:  # torch's zip writer may raise its own error on top of the OSError
+            Path(temp).unlink(missing_ok=True)
+            cause = os_error_in(error)
+            if cause is None:
+                raise
+            raise OutputNotWritten(target, cause, kept=target if target.exists() else None) from None
         except BaseException:
             Path(temp).unlink(missing_ok=True)
             raise

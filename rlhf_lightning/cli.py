@@ -13,10 +13,12 @@ recipe is instantiated or trained is printed by :func:`main`.
 from __future__ import annotations
 
 import difflib
+import errno
 import hashlib
 import importlib
 import os
 import re
+import signal
 import sys
 import warnings
 from argparse import ArgumentError
@@ -29,14 +31,16 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from rlhf_lightning import __version__
 from rlhf_lightning.callbacks import Rollout
-from rlhf_lightning.checkpoint_io import read_problem
+from rlhf_lightning.checkpoint_io import OutputNotWritten, read_problem
 from rlhf_lightning.distributed.strategies import strategy_from_flag
 from rlhf_lightning.errors import RecipeError, raise_all
-from rlhf_lightning.guards import TrainingStopped
+from rlhf_lightning.guards import TrainingInterrupted, TrainingStopped
 from rlhf_lightning.imports import import_object
 from rlhf_lightning.module import RLHFModule
 from rlhf_lightning.run_folder import acquire_lock, finish_run_folder, prepare_run_folder, release_lock
@@ -104,10 +108,24 @@ class RLHFCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         try:
             super()._run_subcommand(subcommand)
+        except SystemExit as stop:  # Lightning's answer to SIGTERM, and to Ctrl-C (after its own shutdown)
+            self._end_run(succeeded=False)
+            interrupted = self._interruption(stop)
+            if interrupted is None:
+                raise
+            raise interrupted from None
         except BaseException:
             self._end_run(succeeded=False)
             raise
         self._end_run(succeeded=True)
+
+    def _interruption(self, stop: SystemExit) -> Optional[TrainingInterrupted]:
+        step = self.model._batch_number if getattr(self, "model", None) is not None else 0
+        if isinstance(stop, SIGTERMException):
+            return TrainingInterrupted("SIGTERM", signal.SIGTERM, step)
+        if stop.code == 1 and self.trainer.state.status == TrainerStatus.INTERRUPTED:
+            return TrainingInterrupted("SIGINT (Ctrl-C)", signal.SIGINT, step)
+        return None
 
     def _end_run(self, succeeded: bool) -> None:
         """Settle the run folder (the outputs a run with ``overwrite`` replaced) and release its lock."""
@@ -183,6 +201,7 @@ def trainer_problems(trainer) -> list[RecipeError]:
 
 
 CKPT_NAMES = ("last", "best", "hpc", "registry")  # resolved by Lightning
+DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
 def resumes(ckpt_path: Optional[str], trainer) -> bool:
@@ -610,8 +629,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     except ArgumentError as error:  # a parser error not raised through RLHFCLI.parse_arguments
         print(f"rlhf-lightning: error in the recipe: {explain_parse_error(str(error))}", file=sys.stderr)
         raise SystemExit(2) from None
-    except TrainingStopped as error:  # a non-finite reward/loss/gradient, or a policy beyond its divergence limits
+    except TrainingStopped as error:  # a non-finite reward/loss/gradient, a policy beyond its limits, a signal
         print(f"rlhf-lightning: training stopped: {error}", file=sys.stderr)
+        raise SystemExit(error.exit_code) from None
+    except OSError as error:
+        if error.errno not in DISK_FULL:
+            raise
+        print(f"rlhf-lightning: training stopped: {OutputNotWritten(Path(error.filename or '?'), error)}",
+              file=sys.stderr)
         raise SystemExit(3) from None
     except Exception as error:
         # A RecipeError arrives as is from Lightning hooks (configure_model, datamodule setup: Lightning

@@ -29,7 +29,18 @@ CAUSES = {
 
 
 class TrainingStopped(RuntimeError):
-    """A guard stopped the run (the CLI prints the message alone and exits with code 3)."""
+    """A guard stopped the run (the CLI prints the message alone and exits with ``exit_code``)."""
+
+    exit_code = 3
+
+
+class TrainingInterrupted(TrainingStopped):
+    """SIGTERM or Ctrl-C (SIGINT) stopped the run: exit code 128 + the signal's number, as a shell reports it."""
+
+    def __init__(self, signal_name: str, signal_number: int, step: int) -> None:
+        self.exit_code = 128 + signal_number
+        super().__init__(f"received {signal_name} at rollout batch {step}; the last checkpoint written is the newest "
+                         "state kept\n  fix: resume with --ckpt_path last")
 
 
 class TrainingDiverged(TrainingStopped):

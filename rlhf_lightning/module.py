@@ -19,9 +19,11 @@ from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch import Tensor, nn
 
 from rlhf_lightning.batches import SequenceBatch
-from rlhf_lightning.checkpoint_io import install as install_safe_checkpoint_io, nothing_left_to_train, state_problem
+from rlhf_lightning.checkpoint_io import (OutputNotWritten, install as install_safe_checkpoint_io, nothing_left_to_train,
+                                          os_error_in, state_problem)
 from rlhf_lightning.critic import load_value_model, sequence_scores, token_values, value_model_parts
 from rlhf_lightning.distributed import FSDP2Strategy, is_sharded, shard, strategy_problems
+from rlhf_lightning.distributed.checkpoints import remove_path, replace_path
 from rlhf_lightning.distributed.export import save_sharded_hf_directory
 from rlhf_lightning.distributed.fsdp import upcast_trainable
 from rlhf_lightning.distributed.zero3 import is_partitioned
@@ -682,13 +684,32 @@ class RLHFModule(LightningModule):
         """Save the policy as a Hugging Face directory that ``AutoModelForCausalLM.from_pretrained`` loads.
 
         Every process calls it: sharded weights are gathered (one tensor at a time, to rank 0's CPU memory)
-        and written by rank 0 in the dtype they were loaded in; other ranks return ``None``.
+        and written by rank 0 in the dtype they were loaded in; other ranks return ``None``. The directory is
+        written as ``<name>.partial`` and renamed when complete, so a crash or a full disk never leaves a
+        half-written export (nor removes the previous one).
         """
         writer = self._trainer is None or self.trainer.is_global_zero
-        if is_sharded(self.policy) or is_partitioned(self.policy):
-            return save_sharded_hf_directory(self.policy, self.tokenizer, directory, merge_lora=merge_lora,
-                                             dtype=self._export_dtype, writer=writer)
-        return save_hf_directory(self.policy, self.tokenizer, directory, merge_lora=merge_lora) if writer else None
+        target = Path(directory)
+        partial = target.with_name(target.name + ".partial")  # put in place whole, or not at all
+        if writer:
+            remove_path(partial)
+        try:
+            if is_sharded(self.policy) or is_partitioned(self.policy):
+                save_sharded_hf_directory(self.policy, self.tokenizer, partial, merge_lora=merge_lora,
+                                          dtype=self._export_dtype, writer=writer)
+            elif writer:
+                save_hf_directory(self.policy, self.tokenizer, partial, merge_lora=merge_lora)
+        except BaseException as error:
+            if writer:
+                remove_path(partial)
+            cause = os_error_in(error) if isinstance(error, Exception) else None
+            if cause is not None:
+                raise OutputNotWritten(partial, cause, kept=target if target.exists() else None) from None
+            raise
+        if not writer:
+            return None
+        replace_path(partial, target)
+        return target
 
     # ------------------------------------------------------------------ checkpoints
     def reloaded_from_path(self) -> set[str]:

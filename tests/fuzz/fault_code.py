@@ -4,6 +4,7 @@ objectives that raise, return the wrong thing, or blow up the numbers."""
 from __future__ import annotations
 
 import torch
+from lightning.pytorch import Callback
 
 from rlhf_lightning.objectives.rebel import REBEL
 from tiny import good_word_reward
@@ -96,3 +97,16 @@ class InfiniteGradient(REBEL):
         if logprobs.requires_grad:
             logprobs.register_hook(lambda grad: grad * float("inf"))
         return loss, metrics
+
+
+class GrowingCheckpoint(Callback):
+    """From the second checkpoint on, adds ``extra_mb`` of data to it (a second checkpoint that no longer fits
+    where the first one did)."""
+
+    def __init__(self, extra_mb: float = 2.0) -> None:
+        self.extra_mb, self.saves = extra_mb, 0
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        self.saves += 1
+        if self.saves >= 2:
+            checkpoint["padding"] = torch.zeros(int(self.extra_mb * 2**20 / 4))
