@@ -13,6 +13,7 @@ from torch import Tensor
 
 from rlhf_lightning.data.encoding import response_text
 from rlhf_lightning.errors import RecipeError, raise_all
+from rlhf_lightning.guards import require_finite
 from rlhf_lightning.generation import SamplingParams
 from rlhf_lightning.module import require_rlhf_module
 from rlhf_lightning.rewards import RewardSource, check_columns, is_pointwise, win_rate
@@ -186,6 +187,7 @@ class WinRateEvaluation(Callback):
         columns = [scores, sft_scores, kl] + ([ref_scores] if ref_scores is not None else [])
         columns += [proxy_scores] if proxy_scores is not None else []
         gathered = gather_rows(pl_module, torch.stack([c.cpu() for c in columns], 1)[:own])  # [n, 3 or 4]
+        require_finite("evaluation score", gathered, pl_module._batch_number)  # every rank holds all rows
         results = {
             "win_rate_vs_sft": win_rate(gathered[:, 0], gathered[:, 1]),
             "reward": gathered[:, 0].mean().item(),

@@ -23,9 +23,14 @@ CAUSES = {
     "shaped reward": "ln π_t − ln π_ref is not finite (a policy or reference forward overflowed), or the reward "
                      "is out of range: check rollout.init_args.kl_coef and the reward's scale",
     "loss": "check the objective's coefficients, the rewards' scale and model.init_args.lr",
+    "evaluation score": "the evaluation judge (WinRateEvaluation's judge, or model.init_args.reward) returned it, or "
+                        "the policy's KL to the reference overflowed",
     "gradient norm": "the update overflowed: lower model.init_args.lr, keep max_grad_norm set, check the rewards' "
                      "scale (or use bf16-mixed instead of 16-mixed)",
 }
+
+
+NOT_UPDATES = ("evaluation score",)  # checked after the update, not before one
 
 
 class TrainingStopped(RuntimeError):
@@ -48,8 +53,9 @@ class TrainingDiverged(TrainingStopped):
 
     def __init__(self, quantity: str, step: int, detail: str) -> None:
         self.quantity, self.step = quantity, step
-        super().__init__(f"{quantity} is not finite at rollout batch {step} ({detail}); the weights were not "
-                         f"updated with it, and the last checkpoint written is from before this batch\n"
+        kept = ("the evaluation was not recorded" if quantity in NOT_UPDATES else
+                "the weights were not updated with it, and the last checkpoint written is from before this batch")
+        super().__init__(f"{quantity} is not finite at rollout batch {step} ({detail}); {kept}\n"
                          f"  likely cause: {CAUSES[quantity]}")
 
 

@@ -742,10 +742,11 @@ class RLHFModule(LightningModule):
             if problem is not None:
                 raise problem
         state = checkpoint.setdefault("state_dict", {})
+        saved_here = bool(state) and not self._uses_deepspeed  # DeepSpeed keeps the weights in its own files
         current = self.state_dict()
         for key in self.reloaded_from_path():  # as loaded from the model's path: the same weights
             state.setdefault(key, current[key])
-        if state and not (is_sharded(self.policy) or is_partitioned(self.policy)):
+        if saved_here and not (is_sharded(self.policy) or is_partitioned(self.policy)):
             problem = state_problem(state, current, getattr(self._trainer, "ckpt_path", None))
             if problem is not None:
                 raise problem

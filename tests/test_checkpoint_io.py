@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf_lightning.checkpoint_io import SafeCheckpointIO
+from rlhf_lightning.checkpoint_io import OutputNotWritten, SafeCheckpointIO
 
 
 def test_the_temp_file_is_written_next_to_the_checkpoint(tmp_path, monkeypatch):
@@ -33,7 +33,7 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OutputNotWritten, match="No space left on device; .* is still the previous, complete version"):
         io.save_checkpoint({"step": 2, "w": torch.zeros(4)}, path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temp file left

@@ -110,3 +110,8 @@ class GrowingCheckpoint(Callback):
         self.saves += 1
         if self.saves >= 2:
             checkpoint["padding"] = torch.zeros(int(self.extra_mb * 2**20 / 4))
+
+
+
+def all_nan(prompts, responses):
+    return [float("nan")] * len(responses)

@@ -99,6 +99,15 @@ def test_the_checkpoints_before_the_stop_are_the_good_ones(tiny_model, tiny_data
     assert (root / "policy" / "model.safetensors").exists()
 
 
+def test_a_judge_that_returns_nan_stops_the_evaluation(tiny_model, tiny_data, tmp_path, capsys):
+    root = tmp_path / "run"
+    judge = ["--trainer.callbacks.judge", "rlhf_lightning.rewards.FunctionReward",
+             "--trainer.callbacks.judge.function", "fault_code.all_nan"]
+    message = expect_exit(tiny_run_args(tiny_model, tiny_data, root, batches=2, extra=judge), capsys, code=3)
+    assert "evaluation score is not finite" in message and "the evaluation was not recorded" in message, message
+    assert not (root / "eval_history.json").exists()
+
+
 def _peaked_model(tiny_model: Path, root: Path) -> Path:
     """The tiny model with its output layer × 4: a policy that starts well below uniform (entropy 0.77 ln |V|),
     as a fine-tuned checkpoint does."""
