@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from rlhf_lightning.errors import RecipeError
+from rlhf_lightning.errors import RecipeError, raise_all
 from rlhf_lightning.logprobs import position_ids_from_mask
-from rlhf_lightning.models import UNREADABLE_WEIGHTS, ModelConfig, _torch_dtype, check_model_path
+from rlhf_lightning.model_checks import HEAD_NAMES, lora_problems, value_model_problem
+from rlhf_lightning.models import ModelConfig, _torch_dtype, add_lora, load_model_config, load_pretrained
 
 
 def load_value_model(config: ModelConfig, field: str) -> nn.Module:
@@ -15,29 +16,24 @@ def load_value_model(config: ModelConfig, field: str) -> nn.Module:
 
     Pointing ``config.path`` at a reward model directory initialises the critic from the reward
     model (its scalar head included), as in the REBEL paper's PPO set-up; pointing it at a causal-LM
-    directory gives the same body with a freshly initialised value head.
+    directory gives the same body with a freshly initialised value head. Other missing weights, a
+    classifier of several outputs and NaN/inf weights are errors.
     """
     from transformers import AutoModelForSequenceClassification
 
-    check_model_path(config.path, f"{field}.path")
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            config.path, num_labels=1, dtype=_torch_dtype(config.dtype), trust_remote_code=config.trust_remote_code,
-            revision=config.revision)
-    except (OSError, ValueError, *UNREADABLE_WEIGHTS) as error:
-        raise RecipeError(f"{field}.path", f"cannot load a value model from '{config.path}': {error}",
-                          "point it at a reward model or causal-LM directory") from None
+    if config.lora is not None:
+        raise_all(lora_problems(config.lora, field))
+    model_config = load_model_config(config, field)
+    raise_all([problem] if (problem := value_model_problem(model_config, config.path, f"{field}.path")) else [])
+    model = load_pretrained(AutoModelForSequenceClassification, config, field, "a value model",
+                            allowed_missing=HEAD_NAMES, num_labels=1, dtype=_torch_dtype(config.dtype))
     if value_head(model) is None:
         raise RecipeError(f"{field}.path", f"'{type(model).__name__}' has no 'score' or 'classifier' head",
                           "use a model family with a sequence-classification head (Llama, GPT-NeoX, GPT-2, ...)")
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if config.lora is not None:
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
-                          target_modules=config.lora.target_modules, task_type="SEQ_CLS")
-        model = get_peft_model(model, lora)  # the value head stays fully trainable (modules_to_save)
+        model = add_lora(model, config.lora, field, "SEQ_CLS")  # the value head stays fully trainable (modules_to_save)
     return model
 
 

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Literal, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
-from rlhf_lightning.errors import RecipeError
+from rlhf_lightning.errors import RecipeError, raise_all
+from rlhf_lightning.model_checks import HUB_FIX, is_hub_id  # noqa: F401  (also imported from here)
+from rlhf_lightning.model_checks import (adapter_problem, causal_lm_problem, config_problems, embedding_rows,
+                                         first_line, load_error, loading_problems, lora_problems,
+                                         lora_target_problems, model_directory_problem, nonfinite_problems,
+                                         remote_code_problem, tokenizer_files_problem, tokenizer_json_problem)
 
 DType = Literal["float32", "bfloat16", "float16"]
 
@@ -69,37 +75,21 @@ def _is_cached_hub_id(name: str, filename: str = "config.json") -> bool:
         return False
 
 
-def _first_line(error: Exception) -> str:
-    """The gist of a (often many-line) transformers error."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
-
-
 _TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "config.json")
 
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")  # name or org/name
-HUB_FIX = ("if it is a hub id, check its spelling (and revision); offline (HF_HUB_OFFLINE=1) it must be in the "
-           "Hugging Face cache already (huggingface-cli download NAME)")
-
-
-def is_hub_id(path: str) -> bool:
-    """``name`` or ``org/name`` that is not a local path: resolved by ``from_pretrained`` (cache, revision,
-    ``HF_HUB_OFFLINE``)."""
-    return not Path(path).exists() and bool(_HUB_ID.match(path)) and not path.startswith(".")
-
-
 def check_model_path(path: str, field: str) -> None:
-    """A clear error when ``path`` is neither a model directory nor something that can be a hub id
-    (``org/name``, resolved later by ``from_pretrained``)."""
+    """A clear error when ``path`` is neither a complete model directory (``config.json`` that parses, weight
+    files; not a LoRA adapter alone) nor something that can be a hub id (``org/name``, resolved later by
+    ``from_pretrained``)."""
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise RecipeError(field, f"'{path}' is a file, not a model directory",
                           "point it to a directory written by save_pretrained()")
     if p.is_dir():
-        if not (p / "config.json").exists():
-            raise RecipeError(field, f"directory '{path}' has no config.json, so it is not a saved model",
-                              "point it to a directory written by save_pretrained()")
+        problem = model_directory_problem(p, field)
+        if problem is not None:
+            raise problem
         return
     if is_hub_id(path) or _is_cached_hub_id(path):
         return
@@ -116,8 +106,10 @@ def load_tokenizer(path: str, field: str, trust_remote_code: bool = False,
     p = Path(path)
     if p.is_dir():
         if not any((p / name).exists() for name in _TOKENIZER_FILES):
-            raise RecipeError(field, f"directory '{path}' holds no tokenizer or model (no {', '.join(_TOKENIZER_FILES)})",
-                              "point it to a directory written by save_pretrained() (model and tokenizer)")
+            raise adapter_problem(p, field) or RecipeError(
+                field, f"directory '{path}' holds no tokenizer or model (no {', '.join(_TOKENIZER_FILES)})",
+                "point it to a directory written by save_pretrained() (model and tokenizer)")
+        raise_all([problem] if (problem := tokenizer_files_problem(p, field)) else [])
     elif p.exists():
         raise RecipeError(field, f"'{path}' is a file, not a model or tokenizer directory",
                           "point it to a directory written by save_pretrained()")
@@ -127,9 +119,10 @@ def load_tokenizer(path: str, field: str, trust_remote_code: bool = False,
                           "EleutherAI/pythia-410m (downloaded into the Hugging Face cache when online)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
-    except (OSError, ValueError) as error:
-        fix = HUB_FIX if is_hub_id(path) else "save the tokenizer with the model or set the tokenizer path"
-        raise RecipeError(field, f"cannot load a tokenizer from '{path}': {_first_line(error)}", fix) from None
+    except Exception as error:  # a malformed tokenizer file raises anything (KeyError, the Rust parser's Exception)
+        fix = "save the tokenizer with the model or set the tokenizer path"
+        raise (p.is_dir() and tokenizer_json_problem(p, field)) or load_error(
+            error, path, field, "a tokenizer", revision, fix) from None
     if tokenizer.eos_token_id is None:
         raise RecipeError(field, f"the tokenizer at '{path}' has no EOS token",
                           "set eos_token in its tokenizer_config.json; responses end at EOS")
@@ -142,17 +135,33 @@ def load_tokenizer(path: str, field: str, trust_remote_code: bool = False,
 
 
 def load_model_config(config: "ModelConfig", field: str):
-    """The checkpoint's ``config.json`` only (no weights): for checks before anything heavy loads."""
+    """The checkpoint's ``config.json`` only (no weights): for checks before anything heavy loads. Custom code
+    is refused unless ``trust_remote_code``; a ``pad_token_id`` outside the embeddings is an error."""
     from transformers import AutoConfig
 
     check_model_path(config.path, f"{field}.path")
+    if Path(config.path).is_dir() and not config.trust_remote_code:
+        raise_all([problem] if (problem := remote_code_problem(Path(config.path), f"{field}.path")) else [])
     try:
-        return AutoConfig.from_pretrained(config.path, trust_remote_code=config.trust_remote_code,
-                                          revision=config.revision)
+        model_config = AutoConfig.from_pretrained(config.path, trust_remote_code=config.trust_remote_code,
+                                                  revision=config.revision)
     except (OSError, ValueError) as error:
-        fix = HUB_FIX if is_hub_id(config.path) else "check that the directory holds a saved model"
-        raise RecipeError(f"{field}.path", f"cannot read the model config of '{config.path}': {_first_line(error)}",
-                          fix) from None
+        raise _config_error(error, config, f"{field}.path") from None
+    raise_all(config_problems(model_config, config.path, f"{field}.path"))
+    return model_config
+
+
+def _config_error(error: Exception, config: "ModelConfig", field: str) -> RecipeError:
+    """An unreadable ``config.json``: an architecture this transformers does not know is named as such."""
+    unknown = re.search(r"model type `([^`]+)`", str(error))
+    if unknown and "does not recognize" in str(error):
+        import transformers
+
+        return RecipeError(field, f"'{config.path}' is of model type '{unknown.group(1)}', which transformers "
+                                  f"{transformers.__version__} does not know",
+                           "check model_type in its config.json; if it is right, the model needs a newer transformers")
+    return load_error(error, config.path, field, "the model config", config.revision,
+                      "check that the directory holds a saved model")
 
 
 def context_length(model_config) -> Optional[int]:
@@ -166,14 +175,18 @@ def context_length(model_config) -> Optional[int]:
 
 
 def tokenizer_problems(tokenizer, model_config, field: str) -> list[RecipeError]:
-    """A tokenizer with more tokens than the model has embedding rows is an error (an IndexError later);
-    one with far fewer (under 90 %) is almost surely another model's tokenizer (a warning)."""
-    text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
-    rows, tokens = getattr(text_config, "vocab_size", None), len(tokenizer)
-    if not isinstance(rows, int):
+    """A tokenizer with more tokens than the model has embedding rows is an error (an IndexError later; the
+    special tokens beyond the rows are named); one with far fewer (under 90 %) is almost surely another
+    model's tokenizer (a warning)."""
+    rows, tokens = embedding_rows(model_config), len(tokenizer)
+    if rows is None:
         return []
     if tokens > rows:
-        return [RecipeError(field, f"the tokenizer has {tokens} tokens but the model only {rows} embedding rows",
+        beyond = [f"{role} token '{getattr(tokenizer, f'{role}_token')}' is id {token_id}"
+                  for role in ("pad", "eos", "bos") if (token_id := getattr(tokenizer, f"{role}_token_id", None))
+                  is not None and token_id >= rows]
+        named = f" (its {', '.join(beyond)})" if beyond else ""
+        return [RecipeError(field, f"the tokenizer has {tokens} tokens but the model only {rows} embedding rows{named}",
                             "use the model's own tokenizer (or resize the model's embeddings before training)")]
     if tokens < 0.9 * rows:
         warnings.warn(f"{field}: the tokenizer has {tokens} tokens for a model with {rows} embedding rows; is it the "
@@ -184,6 +197,62 @@ def tokenizer_problems(tokenizer, model_config, field: str) -> list[RecipeError]
 def same_tokenizer(a, b) -> bool:
     """Whether two tokenizers encode alike: the same vocabulary and the same EOS."""
     return a.get_vocab() == b.get_vocab() and a.eos_token_id == b.eos_token_id
+
+
+def companion_problems(tokenizer, policy_model_config, needs: Sequence[tuple[int, int, str]],
+                       companions: Mapping[str, Optional["ModelConfig"]]) -> list[RecipeError]:
+    """The reference and the critic read the policy's token ids: each one (``companions``: recipe field such as
+    ``model.init_args.reference`` → its config, None when not used) must have the policy's vocabulary and
+    room for the prompts and generated tokens in ``needs`` (``(prompt tokens, new tokens, field)``, as
+    :meth:`RLHFModule.require_context` collects them). Reads ``config.json`` (and the tokenizer, when the
+    directory has one) only, before any weights load."""
+    errors: list[RecipeError] = []
+    for field, config in companions.items():
+        if config is None:
+            continue
+        model_config = load_model_config(config, field)
+        errors += _vocabulary_problems(tokenizer, policy_model_config, model_config, config, field)
+        limit = context_length(model_config)
+        for prompt_tokens, new_tokens, need_field in needs:
+            if limit is not None and prompt_tokens + new_tokens > limit:
+                errors.append(RecipeError(f"{field}.path", f"'{config.path}' has {limit} positions, but prompts of up "
+                                          f"to {prompt_tokens} tokens + {new_tokens} new tokens ({need_field}) need "
+                                          f"{prompt_tokens + new_tokens}",
+                                          f"use a model with at least {prompt_tokens + new_tokens} positions, or lower "
+                                          f"{need_field} to {max(limit - prompt_tokens, 0)}"))
+                break
+    return errors
+
+
+def _vocabulary_problems(tokenizer, policy_model_config, model_config, config: "ModelConfig",
+                         field: str) -> list[RecipeError]:
+    """Another model family's tokenizer (or too few embedding rows) next to the policy."""
+    rows, policy_rows = embedding_rows(model_config), embedding_rows(policy_model_config)
+    if rows is not None and rows < len(tokenizer):
+        return [RecipeError(f"{field}.path", f"'{config.path}' has {rows} embedding rows, fewer than the policy "
+                                             f"tokenizer's {len(tokenizer)} tokens: it is not of the policy's model "
+                                             "family",
+                            "use a model with the policy's tokenizer (e.g. the policy's own path)")]
+    own = _own_tokenizer(config, field)
+    if own is not None and not same_tokenizer(own, tokenizer):
+        return [RecipeError(f"{field}.path", f"the tokenizer of '{config.path}' is not the policy's (another "
+                                             "vocabulary or EOS): it would read the policy's token ids as other tokens",
+                            "use a model with the policy's tokenizer (e.g. the policy's own path)")]
+    if own is None and rows is not None and policy_rows is not None and rows != policy_rows:
+        warnings.warn(f"{field}: '{config.path}' has {rows} embedding rows, the policy {policy_rows}; is it of the "
+                      "policy's model family?", stacklevel=2)
+    return []
+
+
+def _own_tokenizer(config: "ModelConfig", field: str):
+    """The tokenizer stored with a model, or None when it has none (or it does not load)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return load_tokenizer(config.tokenizer or config.path, f"{field}.path", config.trust_remote_code,
+                                  revision=config.revision if config.tokenizer is None else None)
+    except RecipeError:
+        return None
 
 
 def _torch_dtype(name: DType) -> torch.dtype:
@@ -201,42 +270,78 @@ def _unreadable_weights() -> tuple[type[BaseException], ...]:
 UNREADABLE_WEIGHTS = _unreadable_weights()  # a truncated or corrupt model.safetensors
 
 
+def load_pretrained(auto_class, source: "ModelConfig", field: str, what: str, allowed_missing: Sequence[str] = (),
+                    **kwargs) -> nn.Module:
+    """``auto_class.from_pretrained`` of ``source.path`` with one clear error for whatever goes wrong: an
+    unreadable or refused (pickled code) weights file, weights missing (outside ``allowed_missing`` module
+    names) or of another shape than the config says, NaN or infinite values."""
+    try:
+        model, info = auto_class.from_pretrained(
+            source.path, trust_remote_code=source.trust_remote_code, revision=source.revision,
+            output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
+    except (OSError, ValueError, pickle.UnpicklingError, *UNREADABLE_WEIGHTS) as error:
+        raise load_error(error, source.path, f"{field}.path", what, source.revision,
+                         f"check that the directory holds {what}") from None
+    raise_all(loading_problems(info, source.path, f"{field}.path", allowed_missing))
+    raise_all(nonfinite_problems(model, source.path, f"{field}.path"))
+    return model
+
+
+def _check_4bit(config: ModelConfig, field: str) -> dict:
+    """The ``from_pretrained`` arguments of QLoRA, after checking it can run here."""
+    if config.lora is None:
+        raise RecipeError(f"{field}.load_in_4bit", "4-bit weights cannot be trained directly",
+                          f"also set {field}.lora (QLoRA)")
+    if not torch.cuda.is_available():
+        raise RecipeError(f"{field}.load_in_4bit", "4-bit loading (bitsandbytes) needs a CUDA GPU",
+                          "run on a GPU machine or set load_in_4bit: false")
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise RecipeError(f"{field}.load_in_4bit", "4-bit loading needs the bitsandbytes package, which is not "
+                                                   "installed", "pip install bitsandbytes, or set load_in_4bit: false")
+    from transformers import BitsAndBytesConfig
+
+    return dict(quantization_config=BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16), device_map={"": torch.cuda.current_device()})
+
+
+def add_lora(model: nn.Module, lora: LoraSettings, field: str, task_type: str) -> nn.Module:
+    """``peft.get_peft_model`` with the recipe's settings; target modules the model lacks are one clear error."""
+    from peft import LoraConfig, get_peft_model
+
+    raise_all(lora_target_problems(model, lora.target_modules, field))
+    settings = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                          target_modules=lora.target_modules, task_type=task_type)
+    try:
+        return get_peft_model(model, settings)
+    except ValueError as error:  # peft's own checks (e.g. a module type it cannot adapt)
+        raise RecipeError(f"{field}.lora", f"peft cannot add the adapter: {first_line(error)}",
+                          "check target_modules (or use all-linear)") from None
+
+
 def load_causal_lm(config: ModelConfig, field: str) -> nn.Module:
-    """``AutoModelForCausalLM.from_pretrained`` with the recipe's dtype, 4-bit and LoRA options."""
+    """``AutoModelForCausalLM.from_pretrained`` with the recipe's dtype, 4-bit and LoRA options, after the
+    checks that need no weights (LoRA settings, ``config.json``: custom code, a classifier checkpoint)."""
     from transformers import AutoModelForCausalLM
 
-    check_model_path(config.path, f"{field}.path")
-    kwargs: dict = dict(trust_remote_code=config.trust_remote_code, dtype=_torch_dtype(config.dtype),
-                        revision=config.revision)
+    if config.lora is not None:
+        raise_all(lora_problems(config.lora, field))
+    model_config = load_model_config(config, field)
+    raise_all([problem] if (problem := causal_lm_problem(model_config, config.path, f"{field}.path")) else [])
+    kwargs: dict = dict(dtype=_torch_dtype(config.dtype))
     if config.load_in_4bit:
-        if config.lora is None:
-            raise RecipeError(f"{field}.load_in_4bit", "4-bit weights cannot be trained directly",
-                              f"also set {field}.lora (QLoRA)")
-        if not torch.cuda.is_available():
-            raise RecipeError(f"{field}.load_in_4bit", "4-bit loading (bitsandbytes) needs a CUDA GPU",
-                              "run on a GPU machine or set load_in_4bit: false")
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16)
-        kwargs["device_map"] = {"": torch.cuda.current_device()}
-    try:
-        model = AutoModelForCausalLM.from_pretrained(config.path, **kwargs)
-    except (OSError, ValueError, *UNREADABLE_WEIGHTS) as error:
-        fix = HUB_FIX if is_hub_id(config.path) else "check that the directory holds a causal language model"
-        raise RecipeError(f"{field}.path", f"cannot load a causal LM from '{config.path}': {_first_line(error)}",
-                          fix) from None
+        kwargs.update(_check_4bit(config, field))
+    model = load_pretrained(AutoModelForCausalLM, config, field, "a causal LM", config=model_config, **kwargs)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if config.lora is not None:
-        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+        from peft import prepare_model_for_kbit_training
 
         if config.load_in_4bit:
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
-        lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
-                          target_modules=config.lora.target_modules, task_type="CAUSAL_LM")
-        model = get_peft_model(model, lora)
+        model = add_lora(model, config.lora, field, "CAUSAL_LM")
     return model
 
 

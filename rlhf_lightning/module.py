@@ -32,7 +32,7 @@ from rlhf_lightning.generation import Generation, Generator, HFGenerator, Sampli
 from rlhf_lightning.guards import (DivergenceLimits, DivergenceMonitor, check_loss_value, clip_gradient_norm,
                                    require_finite)
 from rlhf_lightning.logprobs import response_logprobs, sequence_nll
-from rlhf_lightning.models import (ModelConfig, context_length, disable_dropout, freeze, load_causal_lm,
+from rlhf_lightning.models import (ModelConfig, companion_problems, context_length, disable_dropout, freeze, load_causal_lm,
                                    load_model_config, load_tokenizer, same_tokenizer, save_hf_directory,
                                    tokenizer_problems)
 from rlhf_lightning.objectives.base import Objective
@@ -232,7 +232,7 @@ class RLHFModule(LightningModule):
     def _policy_tokenizer(self):
         config = self.policy_config
         own = config.tokenizer is None  # the tokenizer stored with the policy: same hub revision
-        return load_tokenizer(config.tokenizer or config.path, "model.init_args.policy.path", config.trust_remote_code,
+        return load_tokenizer(config.tokenizer or config.path, self._policy_tokenizer_field, config.trust_remote_code,
                               revision=config.revision if own else None)
 
     def setup(self, stage: str) -> None:
@@ -250,8 +250,9 @@ class RLHFModule(LightningModule):
                 warnings.filterwarnings("ignore", message=RESUME_WARNING)
         self.tokenizer = self._policy_tokenizer()
         config = self.policy_model_config()
-        raise_all(tokenizer_problems(self.tokenizer, config, "model.init_args.policy.tokenizer"))
+        raise_all(tokenizer_problems(self.tokenizer, config, self._policy_tokenizer_field))
         self._check_context()
+        raise_all(companion_problems(self.tokenizer, config, self._context_needs, self._companions()))
         data_tokenizer = getattr(self.trainer.datamodule, "tokenizer", None) if self._trainer else None
         if data_tokenizer is not None and not same_tokenizer(data_tokenizer, self.tokenizer):
             raise RecipeError("data.init_args.tokenizer", "the data module's tokenizer is not the policy's (another "
@@ -295,6 +296,17 @@ class RLHFModule(LightningModule):
         self.generator = generator
         if self.policy is not None and self.objective.needs.head == "causal_lm":
             generator.setup(self.tokenizer, self.policy)
+
+    @property
+    def _policy_tokenizer_field(self) -> str:
+        return "model.init_args.policy.tokenizer" if self.policy_config.tokenizer else "model.init_args.policy.path"
+
+    def _companions(self) -> dict[str, Optional[ModelConfig]]:
+        """The models that read the policy's token ids from their own configs (checked before loading)."""
+        needs = self.objective.needs
+        own_reference = (needs.reference or self.reference_for_evaluation) and needs.head == "causal_lm"
+        return {"model.init_args.reference": self.reference_config if own_reference else None,
+                "model.init_args.critic": self._critic_config() if needs.critic else None}
 
     def _critic_config(self) -> ModelConfig:
         if self.critic_config is not None:

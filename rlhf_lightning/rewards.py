@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import torch
 
 from rlhf_lightning.errors import RecipeError, raise_all
+from rlhf_lightning.guards import RewardFailed
 from rlhf_lightning.imports import import_object
 
 Columns = Mapping[str, Sequence[Any]]
@@ -115,9 +116,14 @@ class FunctionReward(RewardSource):
         return self.function.rpartition(".")[2]
 
     def setup(self, device: torch.device) -> None:
-        fn = import_object(self.function, "model.init_args.reward.init_args.function")
+        field = "model.init_args.reward.init_args.function"
+        fn = import_object(self.function, field)
         if not callable(fn):
-            raise RecipeError("model.init_args.reward.init_args.function", f"'{self.function}' is not callable")
+            raise RecipeError(field, f"'{self.function}' is not callable")
+        if not takes_prompts_and_responses(fn):
+            raise RecipeError(field, f"'{self.function}' takes {inspect.signature(fn)}, but a reward function is "
+                                     "called as fn(prompts, responses, **columns)",
+                              "give it the parameters (prompts, responses), then any data columns it needs")
         self._fn = fn
 
     def missing_columns(self, available: Sequence[str]) -> list[str]:
@@ -128,8 +134,24 @@ class FunctionReward(RewardSource):
     def score(self, prompts: Sequence[Any], responses: Sequence[str], **columns: Sequence[Any]) -> torch.Tensor:
         if self._fn is None:
             self.setup(torch.device("cpu"))
-        values = self._fn(list(prompts), list(responses), **accepted_columns(self._fn, columns))
+        try:
+            values = self._fn(list(prompts), list(responses), **accepted_columns(self._fn, columns))
+        except Exception as error:  # the user's code: one message naming it and where it raised
+            raise RewardFailed(self.function, error) from None
         return reward_values(values, len(responses), self.function)
+
+
+def takes_prompts_and_responses(fn: Callable) -> bool:
+    """Whether ``fn`` can be called with two positional arguments (``prompts``, ``responses``)."""
+    try:
+        parameters = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return True  # a builtin or C function: cannot tell, let the call decide
+    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        return True
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    unfillable = [p for p in positional[2:] if p.kind is p.POSITIONAL_ONLY and p.default is p.empty]
+    return len(positional) >= 2 and not unfillable  # later parameters are filled by name from data columns
 
 
 def reward_values(values: Any, count: int, function: str) -> torch.Tensor:
@@ -254,41 +276,46 @@ class _OneLogitClassifier:
         self._model = None
         self._tokenizer = None
 
+    field = "model.init_args.reward.init_args"
+    kind = "reward model"
+
     def setup(self, device: torch.device) -> None:
+        """Load the tokenizer and the model after the checks that need no weights (``config.json``: one output, a
+        classifier and not a causal LM; the tokenizer fits the embeddings); NaN/inf weights are an error."""
         from transformers import AutoModelForSequenceClassification
 
-        from rlhf_lightning.models import check_model_path, load_tokenizer
+        from rlhf_lightning.model_checks import reward_model_problem
+        from rlhf_lightning.models import (ModelConfig, load_model_config, load_pretrained, load_tokenizer,
+                                           tokenizer_problems)
 
-        field = "model.init_args.reward.init_args.path"
-        check_model_path(self.path, field)
+        config = ModelConfig(path=self.path, revision=self.revision, trust_remote_code=self.trust_remote_code)
+        field = f"{self.field}.path"
+        model_config = load_model_config(config, self.field)
+        raise_all([problem] if (problem := reward_model_problem(model_config, self.path, field, self.kind)) else [])
         self._tokenizer = load_tokenizer(self.path, field, trust_remote_code=self.trust_remote_code,
                                          padding_side="right", revision=self.revision)
         self._tokenizer.truncation_side = self.truncation_side
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                self.path, trust_remote_code=self.trust_remote_code, use_safetensors=None, revision=self.revision)
-        except (OSError, ValueError) as error:
-            from rlhf_lightning.models import HUB_FIX, is_hub_id
-
-            detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise RecipeError(field, f"cannot load a sequence-classification model from '{self.path}': {detail}",
-                              HUB_FIX if is_hub_id(self.path) else "point it at a reward-model directory") from None
-        from rlhf_lightning.models import tokenizer_problems
-
-        raise_all(tokenizer_problems(self._tokenizer, model.config, field))  # its tokenizer fits its embeddings
+        raise_all(tokenizer_problems(self._tokenizer, model_config, field))  # its tokenizer fits its embeddings
+        model = load_pretrained(AutoModelForSequenceClassification, config, self.field,
+                                "a sequence-classification model")
         if model.config.pad_token_id is None:
             model.config.pad_token_id = self._tokenizer.pad_token_id
         self._model = model.to(device).eval().requires_grad_(False)
 
     @contextmanager
     def _chat_prompts_need_a_template(self):
-        """Chat-message prompts are rendered with this model's tokenizer: without a chat template, one clear error."""
+        """Chat-message prompts are rendered with this model's tokenizer: without a chat template, or with one
+        that fails on them (bad Jinja, the template's own exception), one clear error."""
+        from rlhf_lightning.model_checks import chat_template_error, is_template_error
+
         try:
             yield
-        except ValueError as error:
-            if "chat template" not in str(error):
+        except Exception as error:
+            if not (is_template_error(error) or isinstance(error, ValueError) and "chat template" in str(error)):
                 raise
-            raise RecipeError("model.init_args.reward.init_args.path", f"the prompts are chat messages, but the "
+            if getattr(self._tokenizer, "chat_template", None):
+                raise chat_template_error(error, self._tokenizer, f"{self.field}.path", "the prompts") from None
+            raise RecipeError(f"{self.field}.path", f"the prompts are chat messages, but the "
                               f"tokenizer of '{self.path}' has no chat template to render them",
                               "use a reward model whose tokenizer has a chat template, or plain-text prompts") from None
 
@@ -476,19 +503,11 @@ class PreferenceModel(_OneLogitClassifier, PreferenceSource):
 
     separator = "\n\nversus\n\n"
     truncation_side = "left"
+    kind = "preference model"
 
     def __init__(self, path: str, batch_size: int = 32, max_length: int = 1024,
                  trust_remote_code: bool = False, revision: Optional[str] = None) -> None:
         super().__init__(path, batch_size, max_length, trust_remote_code, revision)
-
-    def setup(self, device: torch.device) -> None:
-        super().setup(device)
-        labels = self._model.config.num_labels
-        if labels != 1:
-            raise RecipeError("model.init_args.reward.init_args.path",
-                              f"a preference model has one output (the logit of P(a ≻ b)); "
-                              f"'{self.path}' has {labels}",
-                              "save it with num_labels=1")
 
     def format(self, prompt: str, response_a: str, response_b: str) -> str:
         """The text the model scores for the ordered pair ``(a, b)``."""

@@ -168,10 +168,11 @@ def test_reward_part_names_must_not_hide_the_rollouts_own_metrics():
         WeightedRewards([RewardTerm(FunctionReward("test_rewards_with_columns.correct"), name="raw")])
 
 
-def test_chat_prompts_and_a_reward_model_without_a_chat_template_are_a_recipe_error(tiny_model):
+def test_chat_prompts_and_a_reward_model_without_a_chat_template_are_a_recipe_error(tmp_path):
     from rlhf_lightning.rewards import RewardModel
+    from tiny import make_reward_model_dir
 
-    reward = RewardModel(str(tiny_model))
+    reward = RewardModel(str(make_reward_model_dir(tmp_path / "reward_model")))
     with pytest.raises(RecipeError, match="no chat template"):
         reward.score([[{"role": "user", "content": "say : cat"}]], ["good"])
     assert reward.score(["say : cat"], ["good"]).shape[0] == 1  # text prompts still score

@@ -40,6 +40,22 @@ def make_model_dir(path: Path, seed: int = 0, with_pad: bool = True, tokenizer=N
     return path
 
 
+def make_reward_model_dir(path: Path, tokenizer=None, num_labels: int = 1) -> Path:
+    """A random-init 2-layer Llama sequence classifier (a reward model, one output by default) with the
+    word-level tokenizer (or the given one), written with save_pretrained."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    tokenizer = tokenizer if tokenizer is not None else make_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64, pad_token_id=0,
+                         eos_token_id=1, bos_token_id=None, num_labels=num_labels)
+    path.mkdir(parents=True, exist_ok=True)
+    LlamaForSequenceClassification(config).save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 def make_prompt_files(root: Path, n_train: int = 64, n_test: int = 16) -> dict[str, Path]:
     """Prompts like ``say : cat dog`` with a reference response; jsonl train/validation/test."""
     rng = torch.Generator().manual_seed(0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections import Counter
+from dataclasses import dataclass
 from typing import Callable, Iterator, Literal, Optional
 
 import torch
@@ -92,6 +93,20 @@ class ResumableShuffleSampler(Sampler[int]):
         return iter(order[skip:])
 
 
+def check_one_batch(rows: int, batch_size: int, world_size: int = 1, source: Optional[str] = None) -> None:
+    """Training drops an incomplete last batch: fewer rows (per process) than ``batch_size`` would train on
+    nothing, which is an error rather than a run that ends at once."""
+    per_process = rows // world_size
+    if per_process >= batch_size:
+        return
+    where = f" of '{source}'" if source else ""
+    processes = f" ({per_process} for each of {world_size} processes)" if world_size > 1 else ""
+    fix = (f"set data.init_args.batch_size to {per_process} or less, or add rows" if per_process
+           else f"add rows: each of the {world_size} processes needs at least batch_size of them")
+    raise RecipeError("data.init_args.batch_size", f"the training data{where} has {rows} usable rows{processes}, "
+                      f"fewer than batch_size={batch_size}, so not one batch would be trained on", fix)
+
+
 class ResumableTrainLoader:
     """Mixin for a ``LightningDataModule``: a seeded training loader whose position (epoch and batches
     trained on) is saved in checkpoints, so that ``--ckpt_path`` resumes mid-epoch on the same rows.
@@ -106,10 +121,12 @@ class ResumableTrainLoader:
     _train_loader: Optional[DataLoader] = None
     _resume_state: Optional[dict] = None
 
-    def resumable_loader(self, rows: list, collate: Callable) -> DataLoader:
+    def resumable_loader(self, rows: list, collate: Callable, source: Optional[str] = None) -> DataLoader:
+        """The training loader over ``rows`` (read from ``source``, named in errors)."""
         if self._train_loader is None:
             trainer = getattr(self, "trainer", None)
             rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+            check_one_batch(len(rows), self.batch_size, world, source)
             sampler = ResumableShuffleSampler(len(rows), self.seed, self.shuffle, rank, world)
             # a private generator: creating the iterator must not draw from the global RNG, or a resumed
             # run would sample differently from the uninterrupted one
@@ -139,25 +156,54 @@ class ResumableTrainLoader:
             self._resume_state = None
 
 
+@dataclass(frozen=True)
+class Unusable:
+    """Why a row cannot be used: ``reason`` is shared by the rows it counts (e.g. "empty responses"),
+    ``detail`` says what this row holds, ``fix`` what to do about such rows."""
+
+    reason: str
+    detail: str = ""
+    fix: str = ""
+
+
+DEFAULT_FIX = "fix the data or raise the length limits"
+
+
 class BadRows:
     """Counts rows rejected while encoding a split, by reason, and reports them once."""
 
     def __init__(self, split: str, path: str, policy: OnBadRow, field: str) -> None:
         self.split, self.path, self.policy, self.field = split, path, policy, field
         self.counts: Counter[str] = Counter()
-        self.first: dict[str, int] = {}
+        self.first: dict[str, tuple[int, Unusable]] = {}
 
-    def add(self, reason: str, index: int) -> None:
-        self.counts[reason] += 1
-        self.first.setdefault(reason, index)
+    def add(self, reason: str | Unusable, index: int) -> None:
+        bad = reason if isinstance(reason, Unusable) else Unusable(reason)
+        self.counts[bad.reason] += 1
+        self.first.setdefault(bad.reason, (index, bad))
 
-    def report(self, total: int) -> None:
-        """Raise (``on_bad_row: error``) or warn with the counts; silent when every row was good."""
+    def details(self) -> str:
+        """``"2 empty responses (first: row 3); ..."``, with what the first row of a reason holds."""
+        parts = []
+        for reason, count in self.counts.items():
+            index, bad = self.first[reason]
+            parts.append(f"{count} {reason} (first: row {index}{': ' + bad.detail if bad.detail else ''})")
+        return "; ".join(parts)
+
+    def fix(self) -> str:
+        """The fix of the most frequent reason."""
+        reason = self.counts.most_common(1)[0][0]
+        return self.first[reason][1].fix or DEFAULT_FIX
+
+    def report(self, total: int, kept: Optional[int] = None) -> None:
+        """Raise when no row is left (``kept`` 0) or with ``on_bad_row: error``, else warn with the counts;
+        silent when every row was good."""
         if not self.counts:
             return
-        details = "; ".join(f"{count} {reason} (first: row {self.first[reason]})" for reason, count in self.counts.items())
+        if kept == 0:
+            raise RecipeError(self.field, f"no usable rows in '{self.path}': {self.details()}", self.fix())
         if self.policy == "error":
             raise RecipeError(self.field, f"{sum(self.counts.values())} of {total} rows in '{self.path}' are unusable: "
-                                          f"{details}", "fix the data, raise the length limits, or set on_bad_row: skip")
-        warnings.warn(f"{self.split}: skipped {sum(self.counts.values())} of {total} rows of '{self.path}': {details}",
-                      stacklevel=3)
+                                          f"{self.details()}", f"{self.fix()}, or set on_bad_row: skip")
+        warnings.warn(f"{self.split}: skipped {sum(self.counts.values())} of {total} rows of '{self.path}': "
+                      f"{self.details()}", stacklevel=3)

@@ -3,7 +3,7 @@ responses (EOS appended) and the prompt + response block layout."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -27,8 +27,16 @@ def encode_prompt(tokenizer, prompt: Union[str, Messages]) -> list[int]:
 
 
 def _chat_ids(tokenizer, messages: Messages, add_generation_prompt: bool) -> list[int]:
-    """Token ids of ``messages`` rendered by the tokenizer's chat template (its own BOS, none added)."""
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
+    """Token ids of ``messages`` rendered by the tokenizer's chat template (its own BOS, none added); a
+    conversation the template refuses (``raise_exception``, e.g. roles that do not alternate) is a ValueError."""
+    try:
+        from jinja2 import TemplateError
+    except ImportError:  # transformers renders templates with jinja2; without it nothing is caught here
+        TemplateError = ()
+    try:
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
+    except TemplateError as error:
+        raise ValueError(f"the tokenizer's chat template refuses the conversation ({error})") from None
     return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 
 
@@ -42,9 +50,72 @@ def prompt_text(tokenizer, prompt: Union[str, Messages]) -> str:
     return tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=False)
 
 
+ROLES = ("system", "user", "assistant", "tool", "developer", "function", "ipython")
+ROLE_NAMES = {"human": "user", "gpt": "assistant", "bot": "assistant", "ai": "assistant", "model": "assistant"}
+
+
+def describe(value: Any) -> str:
+    """``a str``, ``an int``, ``a null``: what a value is, for messages."""
+    name = type(value).__name__ if value is not None else "null"
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def message_problem(messages: Sequence[Any]) -> Optional[str]:
+    """Why ``messages`` is not a list of chat messages ``{"role", "content"}`` with a known role (None when
+    it is): what the first bad message holds."""
+    for number, message in enumerate(messages):
+        if not isinstance(message, dict):
+            return f"message {number} is {describe(message)}, not a {{'role', 'content'}} object"
+        if "role" not in message or "content" not in message:
+            keys = ", ".join(sorted(map(str, message))) or "none"
+            style = " (ShareGPT style)" if {"from", "value"} <= set(message) else ""
+            return f"message {number} has no 'role' and 'content' (keys: {keys}){style}"
+        if message["role"] not in ROLES:
+            known = ROLE_NAMES.get(str(message["role"]).lower())
+            hint = f"write '{known}'" if known else f"roles: {', '.join(ROLES[:4])}, ..."
+            return f"message {number} has the role {message['role']!r} ({hint})"
+        if not isinstance(message["content"], (str, list)) and message["content"] is not None:
+            return f"the content of message {number} is {describe(message['content'])}, not text"
+    return None
+
+
+def prompt_problem(value: Any) -> Optional[str]:
+    """Why ``value`` is not a prompt (text, or a list of chat messages ``{"role", "content"}``), e.g. "an int"
+    or "message 0 has no 'role' and 'content'"; None when it is a prompt."""
+    if isinstance(value, str):
+        return None
+    if isinstance(value, list) and all(isinstance(item, dict) for item in value):
+        return message_problem(value)
+    return value_problem(value)
+
+
+def value_problem(value: Any) -> str:
+    """What a value that is neither text nor chat messages holds: "an int", "a list of str", ..."""
+    if isinstance(value, list):
+        kinds = sorted({type(item).__name__ for item in value if not isinstance(item, dict)}) or ["nothing"]
+        return f"a list of {', '.join(kinds)}"
+    if isinstance(value, dict):
+        return "one message object, not a list of them (wrap it in [...])"
+    if isinstance(value, bytes):
+        return "bytes (decode them as UTF-8 when writing the file)"
+    return describe(value)
+
+
 def is_prompt(value: Any) -> bool:
     """Whether ``value`` is a prompt: text, or a list of chat messages ``{"role", "content"}``."""
-    return isinstance(value, str) or (isinstance(value, list) and all(isinstance(m, dict) for m in value))
+    return prompt_problem(value) is None
+
+
+def response_problem(value: Any) -> Optional[str]:
+    """Why ``value`` is not a response (text, one assistant message, or messages ending with one); None when
+    it is."""
+    if isinstance(value, str):
+        return None
+    if isinstance(value, dict):
+        return message_problem([value])
+    if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+        return message_problem(value)
+    return value_problem(value)
 
 
 def is_empty_prompt(prompt: Union[str, Messages, None]) -> bool:
@@ -53,7 +124,7 @@ def is_empty_prompt(prompt: Union[str, Messages, None]) -> bool:
         return True
     if isinstance(prompt, str):
         return not prompt.strip()
-    return not any(str(message.get("content", "")).strip() for message in prompt if isinstance(message, dict))
+    return not any(str(message.get("content") or "").strip() for message in prompt if isinstance(message, dict))
 
 
 def response_text(response: Union[str, dict, Messages]) -> str:
@@ -61,7 +132,7 @@ def response_text(response: Union[str, dict, Messages]) -> str:
     if isinstance(response, str):
         return response
     if isinstance(response, dict):
-        return str(response.get("content", ""))
+        return str(response.get("content") or "")
     if isinstance(response, list) and response:
         return response_text(response[-1])
     return ""

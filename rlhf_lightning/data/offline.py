@@ -1,16 +1,19 @@
 """Data modules of the offline objectives: SFT rows, preference pairs and unpaired (KTO) labels.
 
-Each reads local JSON / JSONL / Parquet files or a ``datasets`` directory written by
+Each reads local JSON / JSONL / CSV / TSV / Parquet files or a ``datasets`` directory written by
 ``save_to_disk``, with configurable column names; prompts may be plain text or chat messages
-(the tokenizer's chat template is applied). Rows that cannot be used (empty response, prompt or
-response over its length limit) are counted and reported, then skipped or rejected per
-``on_bad_row``; a missing column is always an error. Batches are
+(the tokenizer's chat template is applied). Rows that cannot be used (no value, a value that is
+neither text nor chat messages, empty response, prompt or response over its length limit,
+identical chosen and rejected, a label or margin that is not one) are counted and reported with
+what the first such row holds, then skipped or rejected per ``on_bad_row``; when no row is left,
+the error says why. A missing column is always an error. Batches are
 :class:`~rlhf_lightning.batches.SequenceBatch` objects: a left-padded prompt block followed by a
 right-padded response block (EOS appended), so the loss never sees prompt tokens.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import torch
@@ -18,18 +21,23 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from rlhf_lightning.batches import SequenceBatch
-from rlhf_lightning.data.base import BadRows, OnBadRow, Records, ResumableTrainLoader, data_tokenizer, run_seed
-from rlhf_lightning.data.encoding import (collate_prompt_rows, encode_prompt, encode_response, is_empty_prompt,
-                                          is_prompt, other_columns, pad_prompt_response, pad_rows, response_text)
-from rlhf_lightning.data.files import read_records, require_columns
+from rlhf_lightning.data.base import (BadRows, OnBadRow, Records, ResumableTrainLoader, Unusable, data_tokenizer,
+                                      run_seed)
+from rlhf_lightning.data.encoding import (collate_prompt_rows, describe, encode_prompt, encode_response,
+                                          is_empty_prompt, message_problem, other_columns, pad_prompt_response,
+                                          pad_rows, prompt_problem, response_problem, response_text)
+from rlhf_lightning.data.files import lacking_value, read_records, require_columns
 from rlhf_lightning.errors import RecipeError
+
+MESSAGES_FIX = "write chat messages as {'role': 'user' | 'assistant' | 'system', 'content': '...'}"
+TEMPLATE_FIX = "fix those conversations (the template's rule is in the message), or drop those rows"
 
 
 class OfflineDataModule(ResumableTrainLoader, LightningDataModule):
     """Shared loading, encoding, bad-row accounting and loaders; subclasses define one row kind.
 
     Args:
-        train_file: training data (.jsonl/.json/.parquet or a ``save_to_disk`` directory).
+        train_file: training data (.jsonl/.json/.csv/.tsv/.parquet or a ``save_to_disk`` directory).
         tokenizer: tokenizer directory or hub id (default: the policy's, ``model.init_args.policy``).
         validation_file: held-out rows of the same kind (validation loss and metrics, e.g. RM accuracy).
         eval_prompt_file: held-out prompts (with ``reference_column``) for ``WinRateEvaluation``.
@@ -78,59 +86,74 @@ class OfflineDataModule(ResumableTrainLoader, LightningDataModule):
         """Columns every row must have."""
         raise NotImplementedError
 
-    def encode(self, record: dict, index: int) -> dict | str:
-        """The encoded row, or the reason the row is unusable."""
+    def encode(self, record: dict, index: int) -> dict | str | Unusable:
+        """The encoded row, or why the row is unusable (a reason, or an :class:`Unusable`)."""
         raise NotImplementedError
 
     def collate(self, rows: list[dict]) -> SequenceBatch:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ shared helpers
-    def _prompt(self, record: dict) -> list[int] | str:
-        if not is_prompt(record[self.prompt_column]):
-            return "prompts that are neither text nor chat messages"
-        if is_empty_prompt(record[self.prompt_column]):
-            return "empty prompts"
+    def _prompt(self, record: dict) -> list[int] | Unusable:
+        prompt = record[self.prompt_column]
+        problem = prompt_problem(prompt)
+        if problem is not None:
+            return Unusable("prompts that are neither text nor chat messages", problem, MESSAGES_FIX)
+        if is_empty_prompt(prompt):
+            return Unusable("empty prompts", fix="fill the prompts or drop those rows")
+        if isinstance(prompt, list) and not getattr(self.tokenizer, "chat_template", None):
+            raise RecipeError("data.init_args.prompt_column", "the prompt is a list of chat messages, but the "
+                              "tokenizer has no chat template", "use a tokenizer with a chat template, or plain-text "
+                                                                "prompts")
         try:
-            ids = encode_prompt(self.tokenizer, record[self.prompt_column])
-        except ValueError as error:
-            raise RecipeError("data.init_args.prompt_column", str(error),
-                              "use a tokenizer with a chat template, or plain-text prompts") from None
+            ids = encode_prompt(self.tokenizer, prompt)
+        except ValueError as error:  # the chat template refuses the conversation
+            return Unusable("conversations the chat template refuses", str(error), TEMPLATE_FIX)
         if len(ids) > self.max_prompt_length:
-            return f"prompts longer than max_prompt_length={self.max_prompt_length}"
+            return Unusable(f"prompts longer than max_prompt_length={self.max_prompt_length}",
+                            fix="raise max_prompt_length (within the model's context) or shorten those prompts")
         return ids
 
-    def _response(self, value: Any, prompt: Any = None) -> list[int] | str:
+    def _response(self, value: Any, prompt: Any = None) -> list[int] | Unusable:
+        problem = response_problem(value)
+        if problem is not None:
+            return Unusable("responses that are neither text nor chat messages", problem,
+                            "store each response as text, or as {'role': 'assistant', 'content': '...'}")
         if not response_text(value).strip():
-            return "empty responses"
-        ids = encode_response(self.tokenizer, value, prompt)
+            return Unusable("empty responses", fix="fill the responses or drop those rows")
+        try:
+            ids = encode_response(self.tokenizer, value, prompt)
+        except ValueError as error:  # the chat template refuses the conversation
+            return Unusable("conversations the chat template refuses", str(error), TEMPLATE_FIX)
         if len(ids) > self.max_response_length:
-            return f"responses longer than max_response_length={self.max_response_length}"
+            return Unusable(f"responses longer than max_response_length={self.max_response_length}",
+                            fix="raise max_response_length (within the model's context) or shorten those responses")
         return ids
 
-    def _encode_parts(self, record: dict, *response_columns: str) -> list[list[int]] | str:
+    def _encode_parts(self, record: dict, *response_columns: str) -> list[list[int]] | Unusable:
         """``[prompt ids, response ids, ...]`` of a row, or the first reason it cannot be used."""
+        for column in (self.prompt_column, *response_columns):
+            if lacking_value(record, column):
+                return Unusable(f"rows with no value for '{column}'", fix=f"fill '{column}' in those rows or drop them")
         prompt = record[self.prompt_column]
         parts = [self._prompt(record)] + [self._response(record[column], prompt) for column in response_columns]
-        return next((part for part in parts if isinstance(part, str)), parts)
+        return next((part for part in parts if isinstance(part, Unusable)), parts)
 
     def _load_split(self, split: str, path: str) -> list[dict]:
         field = f"data.init_args.{split}_file"
         records = read_records(path, field, split)
         options = {self.prompt_column: "data.init_args.prompt_column"}
         options.update({getattr(self, f"{c}_column"): f"data.init_args.{c}_column" for c in self.response_columns})
-        require_columns(records, self.columns(), field, path, options=options)
+        require_columns(records, self.columns(), field, path, options=options, values=False)
         bad = BadRows(split, path, self.on_bad_row, field)
         rows = []
         for index, record in enumerate(records):
             row = self.encode(record, index)
-            if isinstance(row, str):
+            if isinstance(row, (str, Unusable)):
                 bad.add(row, index)
             else:
                 rows.append(row)
-        bad.report(len(records))
-        if not rows:
-            raise RecipeError(field, f"no usable rows in '{path}'", "check the columns, the length limits and the data")
+        bad.report(len(records), kept=len(rows))
         return rows
 
     def setup(self, stage: Optional[str] = None) -> None:
@@ -151,7 +174,7 @@ class OfflineDataModule(ResumableTrainLoader, LightningDataModule):
         rows = []
         for record in records:
             ids = self._prompt(record)
-            if isinstance(ids, str):
+            if isinstance(ids, Unusable):
                 continue
             row = {"prompt": record[self.prompt_column], "input_ids": ids,
                    "columns": other_columns(record, self.prompt_column)}
@@ -162,7 +185,7 @@ class OfflineDataModule(ResumableTrainLoader, LightningDataModule):
 
     # ------------------------------------------------------------------ loaders and state
     def train_dataloader(self) -> DataLoader:
-        return self.resumable_loader(self.splits["train"], self.collate)
+        return self.resumable_loader(self.splits["train"], self.collate, self.train_file)
 
     def val_dataloader(self) -> DataLoader:
         if "validation" not in self.splits:
@@ -235,18 +258,20 @@ class SFTDataModule(OfflineDataModule):
     def columns(self) -> list[str]:
         return [self.messages_column] if self.messages_column else [self.prompt_column, self.response_column]
 
-    def encode(self, record: dict, index: int) -> dict | str:
+    def encode(self, record: dict, index: int) -> dict | Unusable:
         if self.messages_column:
-            messages = record[self.messages_column]
-            if not isinstance(messages, list) or not messages or messages[-1].get("role") != "assistant":
-                return "message lists that do not end with an assistant message"
+            messages = record.get(self.messages_column)
+            problem = messages_problem(messages)
+            if problem is not None:
+                return problem
             record = {self.prompt_column: messages[:-1], self.response_column: messages[-1]}
         parts = self._encode_parts(record, self.response_column)
-        if isinstance(parts, str):
+        if isinstance(parts, Unusable):
             return parts
         prompt, response = parts
         if self.packing and len(prompt) + len(response) > self.max_length:
-            return f"examples longer than max_length={self.max_length} (packing)"
+            return Unusable(f"examples longer than max_length={self.max_length} (packing)",
+                            f"{len(prompt) + len(response)} tokens", "raise max_length (within the model's context)")
         return {"prompt_ids": prompt, "response_ids": response, "index": index}
 
     def _load_split(self, split: str, path: str) -> list[dict]:
@@ -261,6 +286,23 @@ class SFTDataModule(OfflineDataModule):
                                                                self.tokenizer.pad_token_id)
         return SequenceBatch(input_ids, attention_mask, width, group_size=1,
                              extras={"index": torch.tensor([r["index"] for r in rows])})
+
+
+def messages_problem(messages: Any) -> Optional[Unusable]:
+    """Why an SFT conversation cannot be trained on (None when it can): not a list of chat messages, or not
+    ending with the assistant's message (the response)."""
+    if messages is None:
+        return Unusable("rows with no conversation", fix="fill the messages column in those rows or drop them")
+    if not isinstance(messages, list) or not messages:
+        return Unusable("conversations that are not lists of chat messages", f"{describe(messages)}", MESSAGES_FIX)
+    problem = message_problem(messages)
+    if problem is not None:
+        return Unusable("conversations with malformed messages", problem, MESSAGES_FIX)
+    if messages[-1].get("role") != "assistant":
+        return Unusable("message lists that do not end with an assistant message",
+                        f"the last role is {messages[-1].get('role')!r}",
+                        "end each conversation with the assistant's message (the response to learn)")
+    return None
 
 
 def pack_examples(rows: list[dict], max_length: int) -> list[dict]:
@@ -330,16 +372,21 @@ class PreferenceDataModule(OfflineDataModule):
                               f"'{self.prompt_column}' column)", "split each row into the shared prompt messages "
                               f"('{self.prompt_column}') and the two final assistant messages") from None
 
-    def encode(self, record: dict, index: int) -> dict | str:
+    def encode(self, record: dict, index: int) -> dict | Unusable:
         parts = self._encode_parts(record, self.chosen_column, self.rejected_column)
-        if isinstance(parts, str):
+        if isinstance(parts, Unusable):
             return parts
         prompt, chosen, rejected = parts
         if chosen == rejected:
-            return "identical chosen and rejected responses (no preference to learn from)"
+            return Unusable("identical chosen and rejected responses (no preference to learn from)",
+                            fix=f"give each pair two different responses, the preferred one in '{self.chosen_column}'")
         row = {"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected, "index": index}
         if self.margin_column:
-            row["margin"] = float(record[self.margin_column])
+            margin = as_number(record.get(self.margin_column))
+            if margin is None:
+                return Unusable("margins that are not finite numbers", repr(record.get(self.margin_column))[:40],
+                                f"store a number in '{self.margin_column}' for every pair")
+            row["margin"] = margin
         return row
 
     def collate(self, rows: list[dict]) -> SequenceBatch:
@@ -351,6 +398,30 @@ class PreferenceDataModule(OfflineDataModule):
         if self.margin_column:
             extras["margin"] = torch.tensor([r["margin"] for r in rows]).repeat_interleave(2)
         return SequenceBatch(input_ids, attention_mask, width, group_size=2, extras=extras)
+
+
+def as_number(value: Any) -> Optional[float]:
+    """``value`` as a finite float (a number, or text of one as CSV files hold it); None otherwise."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value) if isinstance(value, (int, float, str)) else None
+    except ValueError:
+        return None
+    return number if number is not None and math.isfinite(number) else None
+
+
+def check_both_labels(rows: list[dict], path: str, label_column: str) -> None:
+    """KTO contrasts desirable with undesirable completions: training data of one kind only is an error."""
+    desirable_rows = sum(row["label"] > 0.5 for row in rows)
+    if 0 < desirable_rows < len(rows):
+        return
+    kind, other = ("desirable", "undesirable") if desirable_rows else ("undesirable", "desirable")
+    fix = ("check the labels (true/1/desirable marks a good completion)" +
+           ("; to learn from good completions only, use SFT (rlhf_lightning.objectives.SFT)" if desirable_rows else ""))
+    raise RecipeError("data.init_args.label_column",
+                      f"all {len(rows)} usable rows of '{path}' are labelled {kind}: KTO needs {other} "
+                      "completions too (its loss weighs one kind against the other)", fix)
 
 
 DESIRABLE = {"true": True, "1": True, "yes": True, "desirable": True, "good": True,
@@ -374,6 +445,9 @@ class UnpairedDataModule(OfflineDataModule):
     mismatched row (its prompt with the next row's completion, ``extras["mismatched"]``) from which
     KTO estimates its reference point (``group_size`` 2).
 
+    Training needs both kinds of label (KTO weighs one against the other): a training split whose usable
+    rows are all desirable or all undesirable is an error.
+
     Args:
         completion_column: column with the response.
         label_column: column with the label: true/1/"desirable" or false/0/"undesirable" (any other value is
@@ -391,15 +465,21 @@ class UnpairedDataModule(OfflineDataModule):
     def columns(self) -> list[str]:
         return [self.prompt_column, self.completion_column, self.label_column]
 
-    def encode(self, record: dict, index: int) -> dict | str:
+    def encode(self, record: dict, index: int) -> dict | Unusable:
         parts = self._encode_parts(record, self.completion_column)
-        if isinstance(parts, str):
+        if isinstance(parts, Unusable):
             return parts
         prompt, completion = parts
-        label = desirable(record[self.label_column])
+        label = desirable(record.get(self.label_column))
         if label is None:
-            return "labels that are not true/false, 1/0 or desirable/undesirable"
+            return Unusable("labels that are not true/false, 1/0 or desirable/undesirable",
+                            repr(record.get(self.label_column))[:40],
+                            f"label each row in '{self.label_column}' true/1/desirable or false/0/undesirable")
         return {"prompt_ids": prompt, "completion_ids": completion, "label": float(label), "index": index}
+
+    def train_dataloader(self) -> DataLoader:
+        check_both_labels(self.splits["train"], self.train_file, self.label_column)
+        return super().train_dataloader()
 
     def collate(self, rows: list[dict]) -> SequenceBatch:
         n = len(rows)

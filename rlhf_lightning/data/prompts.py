@@ -11,11 +11,23 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from rlhf_lightning.data.base import ResumableTrainLoader, data_tokenizer, run_seed
-from rlhf_lightning.data.encoding import (collate_prompt_rows, encode_prompt, is_empty_prompt, is_prompt, other_columns,
-                                          pad_rows)
-from rlhf_lightning.data.files import read_records, require_columns
+from rlhf_lightning.data.encoding import (collate_prompt_rows, encode_prompt, is_empty_prompt, other_columns, pad_rows,
+                                          prompt_problem)
+from rlhf_lightning.data.files import lacking_value, read_records, require_columns
 from rlhf_lightning.errors import RecipeError
 from rlhf_lightning.rewards import RESERVED_COLUMNS
+
+
+def partial_columns(records: list[dict], prompt_column: str) -> dict[str, tuple[int, int]]:
+    """Columns (besides the prompt) that some rows have and others lack or leave null: how many rows lack
+    each, and the first of them (by row of the file)."""
+    names = list(dict.fromkeys(name for record in records for name in record if name != prompt_column))
+    partial = {}
+    for name in names:
+        lacking = [index for index, record in enumerate(records) if lacking_value(record, name)]
+        if lacking:
+            partial[name] = (len(lacking), lacking[0])
+    return partial
 
 
 class PretrainStream:
@@ -56,7 +68,7 @@ class PromptDataModule(ResumableTrainLoader, LightningDataModule):
     sources by name (``batch["columns"]``), e.g. an ``answer`` column for a verifiable reward.
 
     Args:
-        train_file: training prompts (.jsonl/.json/.parquet or a ``save_to_disk`` directory).
+        train_file: training prompts (.jsonl/.json/.csv/.tsv/.parquet or a ``save_to_disk`` directory).
         tokenizer: tokenizer directory or hub id (default: the policy's, ``model.init_args.policy``).
         validation_file: held-out prompts for periodic evaluation.
         test_file: held-out prompts for the final evaluation (win rates).
@@ -105,6 +117,8 @@ class PromptDataModule(ResumableTrainLoader, LightningDataModule):
         self.shuffle, self.seed = shuffle, run_seed(seed)
         self.tokenizer = None
         self.splits: dict[str, list[dict]] = {}
+        self.partial_columns: dict[str, tuple[int, int]] = {}  # column → (rows that lack it, the first of them)
+        self._train_records = 0  # rows of train_file (before prompts too long are skipped)
         self._train_loader: Optional[DataLoader] = None
         self._resume_state: Optional[dict] = None
 
@@ -118,6 +132,7 @@ class PromptDataModule(ResumableTrainLoader, LightningDataModule):
                 self.splits[split] = self._load_split(split, path)
         if self.pretrain_file is not None:
             self.pretrain_rows = self._load_pretrain(self.pretrain_file)
+        self.check_reward_columns()
 
     def _load_pretrain(self, path: str) -> list[list[int]]:
         field = "data.init_args.pretrain_file"
@@ -142,11 +157,15 @@ class PromptDataModule(ResumableTrainLoader, LightningDataModule):
         if reserved:
             raise RecipeError(field, f"'{path}' has a column named {reserved[0]!r}, which reward functions receive as "
                                      "their own argument", f"rename the column {reserved[0]!r} in the data")
-        other = [index for index, record in enumerate(records) if not is_prompt(record[self.prompt_column])]
-        if other:
-            value = records[other[0]][self.prompt_column]
-            raise RecipeError("data.init_args.prompt_column", f"{len(other)} of {len(records)} prompts in '{path}' are "
-                              f"neither text nor chat messages (row {other[0]} holds a {type(value).__name__})",
+        problems = [(index, prompt_problem(record[self.prompt_column])) for index, record in enumerate(records)]
+        problems = [(index, problem) for index, problem in problems if problem is not None]
+        if problems:
+            index, problem = problems[0]
+            messages = isinstance(records[index][self.prompt_column], (list, dict)) and "message" in problem
+            raise RecipeError("data.init_args.prompt_column", f"{len(problems)} of {len(records)} prompts in '{path}' "
+                              f"are neither text nor chat messages (row {index}: {problem})",
+                              "write chat messages as {'role': 'user' | 'assistant' | 'system', 'content': '...'}"
+                              if messages else
                               f"store the prompts of column '{self.prompt_column}' as text, or name the text column")
         empty = [index for index, record in enumerate(records) if is_empty_prompt(record[self.prompt_column])]
         if empty:  # the policy would be trained to answer nothing
@@ -157,8 +176,10 @@ class PromptDataModule(ResumableTrainLoader, LightningDataModule):
             try:
                 ids = encode_prompt(self.tokenizer, record[self.prompt_column])
             except ValueError as error:
-                raise RecipeError("data.init_args.prompt_column", f"row {index} of '{path}': {error}",
-                                  "use a tokenizer with a chat template, or plain-text prompts") from None
+                fix = ("fix the conversation in that row (the template's rule is in the message)"
+                       if getattr(self.tokenizer, "chat_template", None) else
+                       "use a tokenizer with a chat template, or plain-text prompts")
+                raise RecipeError("data.init_args.prompt_column", f"row {index} of '{path}': {error}", fix) from None
             if len(ids) > self.max_prompt_length:
                 too_long += 1
                 first_long = first_long or (index, len(ids))
@@ -179,6 +200,9 @@ class PromptDataModule(ResumableTrainLoader, LightningDataModule):
                           f"{self.max_prompt_length} tokens", stacklevel=2)
         if not rows:
             raise RecipeError(field, f"no usable prompts in '{path}'", "check max_prompt_length and the data")
+        if split == "train":
+            self.partial_columns = partial_columns(records, self.prompt_column)
+            self._train_records = len(records)
         return rows
 
     def collate(self, rows: list[dict]) -> dict:
@@ -192,9 +216,24 @@ class PromptDataModule(ResumableTrainLoader, LightningDataModule):
 
     @property
     def prompt_columns(self) -> list[str]:
-        """Names of the training prompts' other columns (what a reward function may ask for)."""
+        """Names of the training prompts' other columns that every row fills (what a reward function may ask
+        for)."""
         rows = self.splits.get("train", [])
-        return list(rows[0]["columns"]) if rows else []
+        return [name for name in rows[0]["columns"] if name not in self.partial_columns] if rows else []
+
+    def check_reward_columns(self) -> None:
+        """A reward of the run that asks for a column some training rows lack (or leave null) is an error naming
+        those rows: those rows would give it ``None``."""
+        module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
+        reward = getattr(module, "reward", None)
+        if reward is None or not self.partial_columns or not hasattr(reward, "missing_columns"):
+            return
+        asked = [name for name in reward.missing_columns(self.prompt_columns) if name in self.partial_columns]
+        if asked:
+            lacking, first = self.partial_columns[asked[0]]
+            raise RecipeError("data.init_args.train_file", f"the reward asks for the data column '{asked[0]}', which "
+                              f"{lacking} of {self._train_records} rows of '{self.train_file}' lack or leave null "
+                              f"(the first is row {first})", f"fill '{asked[0]}' in every row, or drop those rows")
 
     def pretrain_stream(self) -> Optional[PretrainStream]:
         """The stream of pretraining rows (``None`` without ``pretrain_file``)."""
@@ -220,7 +259,7 @@ class PromptDataModule(ResumableTrainLoader, LightningDataModule):
         return batch
 
     def train_dataloader(self) -> DataLoader:
-        return self.resumable_loader(self.splits["train"], self.collate)
+        return self.resumable_loader(self.splits["train"], self.collate, self.train_file)
 
     def state_dict(self) -> dict:
         """Where training is in the prompt stream (saved in checkpoints): epoch and batches trained on."""

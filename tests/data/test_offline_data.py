@@ -153,9 +153,9 @@ def test_save_to_disk_directory(model_dir, tmp_path):
 def test_unreadable_data_is_a_recipe_error(model_dir, tmp_path):
     with pytest.raises(RecipeError, match="data.init_args.train_file.*does not exist"):
         setup(SFTDataModule(str(tmp_path / "missing.jsonl"), str(model_dir)))
-    (tmp_path / "t.csv").write_text("prompt,response\n")
+    (tmp_path / "t.txt").write_text("prompt,response\n")
     with pytest.raises(RecipeError, match="unsupported data file type"):
-        setup(SFTDataModule(str(tmp_path / "t.csv"), str(model_dir)))
+        setup(SFTDataModule(str(tmp_path / "t.txt"), str(model_dir)))
 
 
 # ---------------------------------------------------------------------------- chat messages
@@ -238,9 +238,12 @@ def test_bad_pair_rows_are_skipped(model_dir, tmp_path):
 
 
 def test_only_bad_rows_is_an_error(model_dir, tmp_path):
+    """One error that says why the rows are unusable (no warning before it)."""
     path = write_jsonl(tmp_path / "t.jsonl", [{"prompt": "say :", "response": ""}])
-    with pytest.warns(UserWarning), pytest.raises(RecipeError, match="no usable rows"):
-        setup(SFTDataModule(str(path), str(model_dir)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RecipeError, match="no usable rows.*1 empty responses"):
+            setup(SFTDataModule(str(path), str(model_dir)))
 
 
 def test_bad_settings_are_recipe_errors(model_dir, tmp_path):

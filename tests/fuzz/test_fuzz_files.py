@@ -1,5 +1,6 @@
-"""Faults in checkpoints, model files, data files, reward functions and recipe files: each one clear message
-(exit code 2, no traceback) naming the field or file and the fix."""
+"""Fuzz: damaged model and data files found on disk (truncated weights, a data file of ints, a malformed JSON
+line, a folder that is not a data set): each one clear message (exit code 2) naming the field or file, and
+the finished run in the folder left whole."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from runs import tiny_run_args, without_evaluation
-from faults import expect_exit
+from faults import expect_fault
 
 
 def _base(tiny_model, tiny_data, root) -> list[str]:
-    return without_evaluation(tiny_run_args(tiny_model, tiny_data, root, batches=1))
+    return without_evaluation(tiny_run_args(tiny_model, tiny_data, root, batches=1)) + ["--overwrite", "true"]
 
 
 def _replace(args: list[str], old: str, new: str) -> list[str]:
@@ -58,8 +59,7 @@ CASES = {  # name → (args from (model, data, root, tmp), text the message must
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_fault_is_one_message(case, tiny_model, tiny_data, tmp_path, capsys, monkeypatch):
+def test_fault_is_one_message(case, tiny_model, tiny_data, run_root, tmp_path, capsys):
     build, text = CASES[case]
-    args = build(tiny_model, tiny_data, tmp_path / "run", tmp_path, _base(tiny_model, tiny_data, tmp_path / "run"))
-    message = expect_exit(args, capsys)
-    assert text.format(t=tmp_path) in message, message
+    args = build(tiny_model, tiny_data, run_root, tmp_path, _base(tiny_model, tiny_data, run_root))
+    expect_fault(args, capsys, text.format(t=tmp_path), protect=run_root)
