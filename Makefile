@@ -55,8 +55,11 @@ vs-trl: $(STAMP)
 	$(BIN)/python benchmarks/vs_trl.py
 	$(BIN)/python benchmarks/dpo_vs_trl.py
 
+# two worker processes (pytest-xdist), one test file each at a time: module fixtures are built once
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
