@@ -35,12 +35,66 @@ def masked_mean(values: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
+CHUNK_ELEMENTS = 1 << 18
+"""Logits processed at a time by :func:`token_logprobs_from_logits` (rows × vocabulary, about 1 MB in float32)."""
+
+
+def _row_chunks(rows: int, vocab: int) -> list[tuple[int, int]]:
+    step = max(1, CHUNK_ELEMENTS // max(vocab, 1))
+    return [(start, min(start + step, rows)) for start in range(0, rows, step)]
+
+
+class _ChosenTokenLogprob(torch.autograd.Function):
+    """``ln softmax(x / T)[y] = x_y / T − logsumexp(x / T)`` over ``[M, V]`` logits, chunk by chunk.
+
+    Neither pass materialises a float32 ``[M, V]`` tensor: the forward keeps only the ``[M]`` log-sum-exps;
+    the backward writes ``∂/∂x_j = g·(𝟙[j = y] − softmax(x / T)_j) / T`` straight into the gradient, in the
+    logits' dtype."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, labels: Tensor, temperature: float) -> Tensor:
+        rows, vocab = logits.shape
+        out = torch.empty(rows, dtype=torch.float32, device=logits.device)
+        lse = torch.empty(rows, dtype=torch.float32, device=logits.device)
+        for start, end in _row_chunks(rows, vocab):
+            scaled = logits[start:end].float()
+            if temperature != 1.0:
+                scaled = scaled / temperature
+            lse[start:end] = torch.logsumexp(scaled, -1)
+            out[start:end] = scaled.gather(-1, labels[start:end, None]).squeeze(-1) - lse[start:end]
+        ctx.save_for_backward(logits, labels, lse)
+        ctx.temperature = temperature
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        logits, labels, lse = ctx.saved_tensors
+        temperature = ctx.temperature
+        grad = torch.empty_like(logits)
+        grad_out = grad_out.float()
+        for start, end in _row_chunks(*logits.shape):
+            g = grad_out[start:end, None]
+            scaled = logits[start:end].float()
+            if temperature != 1.0:
+                scaled = scaled / temperature
+            chunk = (scaled - lse[start:end, None]).exp_().mul_(-g)  # −g·softmax (a new tensor: the logits stay)
+            chunk.scatter_add_(-1, labels[start:end, None], g)
+            if temperature != 1.0:
+                chunk.div_(temperature)
+            grad[start:end] = chunk
+        return grad, None, None
+
+
 def token_logprobs_from_logits(logits: Tensor, labels: Tensor, temperature: float = 1.0) -> Tensor:
-    """``ln softmax(logits / T)[label]`` per position, in float32. ``logits`` ``[N, R, V]``, ``labels`` ``[N, R]``."""
-    logits = logits.float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    return torch.gather(logits.log_softmax(-1), -1, labels.unsqueeze(-1)).squeeze(-1)
+    """``ln softmax(logits / T)[label] = logits[label] / T − logsumexp(logits / T)`` per position, in float32.
+
+    ``logits`` ``[..., V]``, ``labels`` ``[...]``. Computed in row chunks, so that no float32 log-softmax over
+    the whole vocabulary is materialised for every token (nor its gradient's temporaries): equal to
+    ``log_softmax(logits.float() / T).gather(labels)`` to float32 rounding.
+    """
+    shape = labels.shape
+    flat = logits.reshape(-1, logits.shape[-1])
+    return _ChosenTokenLogprob.apply(flat, labels.reshape(-1), float(temperature)).view(shape)
 
 
 def entropy_from_logits(logits: Tensor, temperature: float = 1.0) -> Tensor:
@@ -61,24 +115,55 @@ def _response_logits(model: nn.Module, input_ids: Tensor, attention_mask: Tensor
     return logits[:, -(response_width + 1):-1]
 
 
+def _response_logit_blocks(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, prompt_length: int,
+                           share_prompts: bool) -> list[Tensor]:
+    """The logits predicting the response block as column blocks (concatenated: ``[N, R, V]``): the full
+    forward, or, when rows repeat their prompt and the model allows it, the shared-prompt forward."""
+    from rlhf_lightning.shared_prompts import can_share_prompts, prompt_owners, shared_prompt_logits
+
+    owners = prompt_owners(input_ids, attention_mask, prompt_length) if share_prompts else None
+    if owners is not None and can_share_prompts(model):
+        blocks = shared_prompt_logits(model, input_ids, attention_mask, position_ids_from_mask(attention_mask),
+                                      prompt_length, *owners)
+        if blocks is not None:
+            return list(blocks)
+    return [_response_logits(model, input_ids, attention_mask, prompt_length)]
+
+
 def response_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, prompt_length: int,
                       temperature: float = 1.0, with_entropy: bool = False,
-                      entropy_grad: bool = True) -> tuple[Tensor, Tensor | None]:
+                      entropy_grad: bool = True, share_prompts: bool = True) -> tuple[Tensor, Tensor | None]:
     """Per-token ``ln π(y_i | x, y_<i)`` over the response block, zero on padding.
 
     Returns ``(logprobs [N, R], entropy [N, R] or None)``; sum over the last dim for ``ln π(y|x)``.
     The entropy carries gradients when grad is enabled and ``entropy_grad`` (for an entropy bonus);
     ``entropy_grad=False`` gives it detached, for metrics.
+
+    No padding column is computed, and with ``share_prompts`` each distinct prompt of consecutive rows is run
+    once (:mod:`rlhf_lightning.shared_prompts`); the numbers equal the plain padded forward's to float
+    rounding, gradients included.
     """
-    logits = _response_logits(model, input_ids, attention_mask, prompt_length)
-    labels = input_ids[:, prompt_length:]
-    mask = attention_mask[:, prompt_length:].to(logits.dtype if logits.is_floating_point() else torch.float32)
-    logprobs = token_logprobs_from_logits(logits, labels, temperature) * mask.float()
-    entropy = None
-    if with_entropy:
-        with torch.set_grad_enabled(torch.is_grad_enabled() and entropy_grad):
-            entropy = entropy_from_logits(logits, temperature) * mask.float()
-    return logprobs, entropy
+    from rlhf_lightning.shared_prompts import trim_padding
+
+    full_width = input_ids.shape[1] - prompt_length
+    trimmed = trim_padding(input_ids, attention_mask, prompt_length)
+    input_ids, attention_mask, prompt_length = trimmed.input_ids, trimmed.attention_mask, trimmed.prompt_length
+    blocks = _response_logit_blocks(model, input_ids, attention_mask, prompt_length, share_prompts)
+    labels, mask = input_ids[:, prompt_length:], attention_mask[:, prompt_length:].float()
+    columns, logprobs, entropies = 0, [], []
+    for logits in blocks:
+        block = slice(columns, columns + logits.shape[1])
+        columns = block.stop
+        logprobs.append(token_logprobs_from_logits(logits, labels[:, block], temperature))
+        if with_entropy:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and entropy_grad):
+                entropies.append(entropy_from_logits(logits, temperature))
+
+    def response_block(parts: list[Tensor]) -> Tensor:
+        values = (torch.cat(parts, 1) if len(parts) > 1 else parts[0]) * mask
+        return nn.functional.pad(values, (0, full_width - values.shape[1])) if values.shape[1] < full_width else values
+
+    return response_block(logprobs), response_block(entropies) if with_entropy else None
 
 
 def kl_per_token(logprobs: Tensor, ref_logprobs: Tensor, estimator: KLEstimator = "k1") -> Tensor:
