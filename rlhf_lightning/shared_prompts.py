@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from rlhf_lightning.distributed.fsdp import steps_with_other_ranks
 from rlhf_lightning.generation.eos import base_model
-from rlhf_lightning.generation.huggingface import CACHE_ARGUMENT
+from rlhf_lightning.generation.kv_cache import CACHE_ARGUMENT
 
 
 @dataclass(frozen=True)

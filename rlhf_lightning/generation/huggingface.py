@@ -8,13 +8,12 @@ from typing import Iterator, Optional
 
 import torch
 from torch import Tensor, nn
-from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from rlhf_lightning.distributed.fsdp import steps_with_other_ranks
 from rlhf_lightning.errors import RecipeError
 from rlhf_lightning.generation.base import Generation, Generator, SamplingParams
 from rlhf_lightning.generation.eos import base_model
-from rlhf_lightning.generation.kv_cache import preallocated_cache
+from rlhf_lightning.generation.kv_cache import CACHE_ARGUMENT, preallocated_cache
 from rlhf_lightning.generation.masks import response_attention_mask
 
 # generation-config settings that change the sampling distribution, with the value that leaves it alone
@@ -27,8 +26,6 @@ DISTRIBUTION_SETTINGS = {
     "min_length": 0, "min_new_tokens": 0, "renormalize_logits": False, "num_beams": 1, "diversity_penalty": 0.0,
     "penalty_alpha": None, "dola_layers": None, "low_memory": None,
 }
-# transformers 5 names a model's KV cache ``cache`` (``past_key_values`` before, now deprecated)
-CACHE_ARGUMENT = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 REPLACED_SETTINGS = ("temperature", "top_k", "top_p")  # the recipe's values are used instead
 
 

@@ -15,6 +15,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, get_layer_types_and_kwargs
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+# transformers 5 names a model's KV cache ``cache`` (``past_key_values`` before, now deprecated)
+CACHE_ARGUMENT = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 class PreallocatedLayer(DynamicLayer):
