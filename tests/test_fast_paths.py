@@ -244,3 +244,94 @@ def test_hf_generator_samples_equal_with_and_without_preallocation(share_prefill
         outputs.append(generator.generate(model, ids[:, :P], mask[:, :P], params))
     assert torch.equal(outputs[0].responses, outputs[1].responses)
     assert torch.equal(outputs[0].response_mask, outputs[1].response_mask)
+
+
+# ----------------------------------------------------------------------------- dropping ended rows
+def eos_prone_llama(eos_scale: float = 3.0) -> LlamaForCausalLM:
+    """A tiny Llama whose EOS (id 2) logit is scaled up, so that rows end at many different steps
+    (3: greedy responses of 1 to 10 tokens; 20: sampled ones of 1 to 12)."""
+    model = tiny_llama(seed=1).eval()
+    with torch.no_grad():
+        model.lm_head.weight[2] *= eos_scale
+    return model
+
+
+def _engine(drop: bool, share, record=False) -> HFGenerator:
+    engine = HFGenerator(share_prefill_from=share, drop_ended_rows=drop, record_sampler_logprobs=record)
+    engine.eos_ids, engine.pad_token_id = (2,), 0
+    return engine
+
+
+def _prompts(rows: int = 6):
+    lengths = [3, 6, 5, 2, 7, 4][:rows]
+    ids, mask, P = grouped_batch(97, lengths, [1] * rows, group=1, extra_left=0, extra_right=0, seed=5)
+    return ids[:, :P], mask[:, :P]
+
+
+@pytest.mark.parametrize("share", [None, 2])
+def test_dropping_ended_rows_greedy_equals_hf_generate(share):
+    model = eos_prone_llama()
+    prompts, mask = _prompts()
+    params = SamplingParams(max_new_tokens=12, temperature=0.0, num_samples=2)
+    fast = _engine(True, share).generate(model, prompts, mask, params)
+    slow = _engine(False, share).generate(model, prompts, mask, params)
+    lengths = fast.response_mask.sum(-1)
+    assert len(set(lengths.tolist())) > 2  # rows end at different steps, so rows were dropped on the way
+    assert torch.equal(fast.responses, slow.responses) and torch.equal(fast.ended, slow.ended)
+
+
+def test_dropping_ended_rows_samples_equal_hf_generate_while_no_row_ends():
+    model = tiny_llama().eval()
+    prompts, mask = _prompts()
+    params = SamplingParams(max_new_tokens=8, min_new_tokens=8, num_samples=2)  # EOS forbidden: nobody ends
+    outputs = []
+    for drop in (True, False):
+        torch.manual_seed(0)
+        outputs.append(_engine(drop, 2).generate(model, prompts, mask, params).responses)
+    assert torch.equal(*outputs)
+
+
+@pytest.mark.parametrize("sampling", [dict(), dict(temperature=0.7, top_k=20), dict(top_p=0.9)])
+def test_dropping_ended_rows_samples_from_the_policy_at_every_step(sampling):
+    """After rows leave the batch, every remaining row still samples from its own context: the sampler's
+    ln p of each token equals the policy's recomputed one (top-k/top-p: the cut distribution's)."""
+    model = eos_prone_llama()
+    prompts, mask = _prompts()
+    params = SamplingParams(max_new_tokens=12, num_samples=3, **sampling)
+    torch.manual_seed(0)
+    generation = _engine(True, 2, record=True).generate(model, prompts, mask, params)
+    lengths = generation.response_mask.sum(-1)
+    assert len(set(lengths.tolist())) > 2 and bool(generation.ended.any())
+    ids = torch.cat([prompts.repeat_interleave(3, 0), generation.responses], 1)
+    full_mask = torch.cat([mask.repeat_interleave(3, 0), generation.response_mask], 1)
+    from rlhf_lightning.generation.decode import _warpers
+
+    P = prompts.shape[1]
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=full_mask, position_ids=L.position_ids_from_mask(full_mask)).logits
+    scores = logits[:, P - 1:-1].float().flatten(0, 1)
+    for warp in _warpers(params):  # the cut distribution (nothing cut in the plain case)
+        scores = warp(None, scores)
+    expected = scores.log_softmax(-1).gather(-1, generation.responses.reshape(-1, 1)).view_as(generation.responses)
+    expected = torch.where(generation.response_mask.bool(), expected, 0.0)  # padding may lie outside the cut
+    assert torch.isfinite(expected).all()
+    assert torch.allclose(generation.sampler_logprobs, expected, atol=1e-4)
+    if not sampling:
+        policy, _ = L.response_logprobs(model, ids, full_mask, P)
+        assert torch.allclose(generation.sampler_logprobs, policy, atol=1e-4)
+
+
+def test_dropping_ended_rows_computes_fewer_rows(monkeypatch):
+    model = eos_prone_llama()
+    prompts, mask = _prompts()
+    rows = []
+    forward = type(model).forward
+
+    def counting(self, input_ids=None, **kwargs):
+        rows.append(input_ids.shape[0])
+        return forward(self, input_ids=input_ids, **kwargs)
+
+    monkeypatch.setattr(type(model), "forward", counting)
+    params = SamplingParams(max_new_tokens=12, temperature=0.0, num_samples=2)
+    _engine(True, 2).generate(model, prompts, mask, params)
+    assert rows[0] == 6 and rows[1] == 12 and rows[-1] < 12  # one prefill per prompt, then fewer rows

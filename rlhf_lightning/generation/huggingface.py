@@ -13,6 +13,7 @@ from rlhf_lightning.distributed.fsdp import steps_with_other_ranks
 from rlhf_lightning.errors import RecipeError
 from rlhf_lightning.generation.base import Generation, Generator, SamplingParams
 from rlhf_lightning.generation.eos import base_model
+from rlhf_lightning.generation.decode import sample_dropping_ended
 from rlhf_lightning.generation.kv_cache import CACHE_ARGUMENT, preallocated_cache
 from rlhf_lightning.generation.masks import response_attention_mask
 
@@ -71,13 +72,14 @@ class HFGenerator(Generator):
     """
 
     def __init__(self, record_sampler_logprobs: bool = False, share_prefill_from: Optional[int] = 8,
-                 preallocate_cache: bool = True) -> None:
+                 preallocate_cache: bool = True, drop_ended_rows: bool = True) -> None:
         if share_prefill_from is not None and share_prefill_from < 2:
             raise RecipeError("rollout.init_args.generator.init_args.share_prefill_from",
                               f"must be ≥ 2 or null, got {share_prefill_from}")
         self.record_sampler_logprobs = record_sampler_logprobs
         self.share_prefill_from = share_prefill_from
         self.preallocate = preallocate_cache
+        self.drop_ended_rows = drop_ended_rows
 
     def setup(self, tokenizer, policy: nn.Module) -> None:
         super().setup(tokenizer, policy)
@@ -135,12 +137,29 @@ class HFGenerator(Generator):
         cache.batch_repeat_interleave(k)
         return cache
 
+    def _hf_generate(self, model: nn.Module, input_ids: Tensor, attention_mask: Tensor, params: SamplingParams,
+                     cache, share: bool, synced: bool) -> tuple[Tensor, Optional[Tensor]]:
+        """Responses ``[B·k, R]`` (and the sampler's log-probs when recorded) from ``model.generate``."""
+        k, width = params.num_samples, input_ids.shape[1]
+        config = self.generation_config(params)
+        if share:
+            cache = self._shared_prefill(model, input_ids, attention_mask, k, cache)
+        input_ids, attention_mask = input_ids.repeat_interleave(k, 0), attention_mask.repeat_interleave(k, 0)
+        with self._only(model, config):
+            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
+                                 synced_gpus=synced, **({CACHE_ARGUMENT: cache} if cache is not None else {}))
+        sequences = out.sequences if self.record_sampler_logprobs else out
+        responses = sequences[:, width:]
+        if not self.record_sampler_logprobs:
+            return responses, None
+        scores = torch.stack(out.scores, 1).float().log_softmax(-1)  # [N, R, V] after every processor
+        return responses, scores.gather(-1, responses.unsqueeze(-1)).squeeze(-1)
+
     @torch.no_grad()
     def generate(self, model: nn.Module, input_ids: Tensor, attention_mask: Tensor, params: SamplingParams,
                  use_reference: bool = False) -> Generation:
         if not self.eos_ids:
             raise RuntimeError("HFGenerator.setup(tokenizer, policy) must run before generate (RLHFModule does)")
-        config = self.generation_config(params)
         k, width = params.num_samples, input_ids.shape[1]
         # sharded weights: every rank runs each forward together (until the longest response of any rank ends)
         synced = steps_with_other_ranks(model)
@@ -150,20 +169,17 @@ class HFGenerator(Generator):
         try:
             # decoding writes into a cache reserved for the whole call (no copy of the cache per token)
             cache = preallocated_cache(base_model(model), width + params.max_new_tokens) if self.preallocate else None
-            if share:
-                cache = self._shared_prefill(model, input_ids, attention_mask, k, cache)
-            input_ids, attention_mask = input_ids.repeat_interleave(k, 0), attention_mask.repeat_interleave(k, 0)
-            with self._only(model, config):
-                out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
-                                     synced_gpus=synced, **({CACHE_ARGUMENT: cache} if cache is not None else {}))
+            if self.drop_ended_rows and not synced and cache is not None:
+                responses, sampler_logprobs = sample_dropping_ended(
+                    model, input_ids, attention_mask, params, self.eos_ids, self.pad_token_id, cache, share,
+                    self.record_sampler_logprobs)
+            else:
+                responses, sampler_logprobs = self._hf_generate(model, input_ids, attention_mask, params, cache, share,
+                                                                synced)
         finally:
             model.train(was_training)
-        sequences = out.sequences if self.record_sampler_logprobs else out
-        responses = sequences[:, width:]
         mask, ended = response_attention_mask(responses, self.eos_ids, self.pad_token_id)
         responses = responses.masked_fill(mask == 0, self.pad_token_id)
-        sampler_logprobs = None
-        if self.record_sampler_logprobs:
-            scores = torch.stack(out.scores, 1).float().log_softmax(-1)  # [N, R, V] after every processor
-            sampler_logprobs = scores.gather(-1, responses.unsqueeze(-1)).squeeze(-1) * mask
+        if sampler_logprobs is not None:
+            sampler_logprobs = sampler_logprobs * mask
         return Generation(responses=responses, response_mask=mask, ended=ended, sampler_logprobs=sampler_logprobs)
