@@ -9,7 +9,7 @@ as unpadded ones.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 from torch import Tensor, nn
@@ -52,22 +52,27 @@ class _ChosenTokenLogprob(torch.autograd.Function):
     logits' dtype."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, labels: Tensor, temperature: float) -> Tensor:
+    def forward(ctx, logits: Tensor, labels: Tensor, temperature: float, with_entropy: bool) -> tuple[Tensor, Tensor]:
         rows, vocab = logits.shape
         out = torch.empty(rows, dtype=torch.float32, device=logits.device)
         lse = torch.empty(rows, dtype=torch.float32, device=logits.device)
+        entropy = torch.zeros(rows if with_entropy else 0, dtype=torch.float32, device=logits.device)
         for start, end in _row_chunks(rows, vocab):
             scaled = logits[start:end].float()
             if temperature != 1.0:
                 scaled = scaled / temperature
             lse[start:end] = torch.logsumexp(scaled, -1)
             out[start:end] = scaled.gather(-1, labels[start:end, None]).squeeze(-1) - lse[start:end]
+            if with_entropy:  # H = −Σ p·ln p, while the chunk is at hand
+                log_p = scaled - lse[start:end, None]
+                entropy[start:end] = -(log_p.exp() * log_p).sum(-1)
         ctx.save_for_backward(logits, labels, lse)
         ctx.temperature = temperature
-        return out
+        ctx.mark_non_differentiable(entropy)
+        return out, entropy
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):
+    def backward(ctx, grad_out: Tensor, _grad_entropy: Tensor):
         logits, labels, lse = ctx.saved_tensors
         temperature = ctx.temperature
         grad = torch.empty_like(logits)
@@ -82,7 +87,7 @@ class _ChosenTokenLogprob(torch.autograd.Function):
             if temperature != 1.0:
                 chunk.div_(temperature)
             grad[start:end] = chunk
-        return grad, None, None
+        return grad, None, None, None
 
 
 def token_logprobs_from_logits(logits: Tensor, labels: Tensor, temperature: float = 1.0) -> Tensor:
@@ -92,9 +97,18 @@ def token_logprobs_from_logits(logits: Tensor, labels: Tensor, temperature: floa
     the whole vocabulary is materialised for every token (nor its gradient's temporaries): equal to
     ``log_softmax(logits.float() / T).gather(labels)`` to float32 rounding.
     """
+    return token_logprobs_and_entropy(logits, labels, temperature, with_entropy=False)[0]
+
+
+def token_logprobs_and_entropy(logits: Tensor, labels: Tensor, temperature: float = 1.0,
+                               with_entropy: bool = True) -> tuple[Tensor, Optional[Tensor]]:
+    """:func:`token_logprobs_from_logits` and, in the same pass over each chunk, the detached entropy
+    ``H = −Σ_j p_j · ln p_j`` with ``p = softmax(x / T)`` per position (``None`` without ``with_entropy``);
+    for an entropy that carries gradients use :func:`entropy_from_logits`."""
     shape = labels.shape
     flat = logits.reshape(-1, logits.shape[-1])
-    return _ChosenTokenLogprob.apply(flat, labels.reshape(-1), float(temperature)).view(shape)
+    logprobs, entropy = _ChosenTokenLogprob.apply(flat, labels.reshape(-1), float(temperature), with_entropy)
+    return logprobs.view(shape), entropy.view(shape) if with_entropy else None
 
 
 def entropy_from_logits(logits: Tensor, temperature: float = 1.0) -> Tensor:
@@ -154,10 +168,14 @@ def response_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tenso
     for logits in blocks:
         block = slice(columns, columns + logits.shape[1])
         columns = block.stop
-        logprobs.append(token_logprobs_from_logits(logits, labels[:, block], temperature))
+        entropy_with_grad = with_entropy and entropy_grad and torch.is_grad_enabled()
+        block_logprobs, entropy = token_logprobs_and_entropy(logits, labels[:, block], temperature,
+                                                             with_entropy and not entropy_with_grad)
+        logprobs.append(block_logprobs)
+        if entropy_with_grad:  # an entropy bonus: the full softmax with its graph
+            entropy = entropy_from_logits(logits, temperature)
         if with_entropy:
-            with torch.set_grad_enabled(torch.is_grad_enabled() and entropy_grad):
-                entropies.append(entropy_from_logits(logits, temperature))
+            entropies.append(entropy)
 
     def response_block(parts: list[Tensor]) -> Tensor:
         values = (torch.cat(parts, 1) if len(parts) > 1 else parts[0]) * mask

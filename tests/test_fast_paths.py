@@ -335,3 +335,17 @@ def test_dropping_ended_rows_computes_fewer_rows(monkeypatch):
     params = SamplingParams(max_new_tokens=12, temperature=0.0, num_samples=2)
     _engine(True, 2).generate(model, prompts, mask, params)
     assert rows[0] == 6 and rows[1] == 12 and rows[-1] < 12  # one prefill per prompt, then fewer rows
+
+
+def test_fused_entropy_equals_the_full_softmax_entropy(monkeypatch):
+    monkeypatch.setattr(L, "CHUNK_ELEMENTS", 500)
+    torch.manual_seed(0)
+    logits = 3 * torch.randn(2, 5, 173)
+    labels = torch.randint(0, 173, (2, 5))
+    for temperature in (1.0, 0.6):
+        logprobs, entropy = L.token_logprobs_and_entropy(logits, labels, temperature)
+        assert torch.allclose(entropy, L.entropy_from_logits(logits, temperature), atol=1e-5)
+        assert torch.allclose(logprobs, L.token_logprobs_from_logits(logits, labels, temperature))
+    uniform = torch.zeros(1, 1, 8)
+    assert torch.allclose(L.token_logprobs_and_entropy(uniform, torch.zeros(1, 1, dtype=torch.long))[1],
+                          torch.log(torch.tensor(8.0)))
