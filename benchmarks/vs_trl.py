@@ -52,7 +52,7 @@ our response mask (``rlhf_lightning/generation/masks.py``) ends a response at th
 (as a response without EOS), so our responses end at two ids and TRL's at one. For a uniform
 sampler over 141 tokens and 48 new tokens the formula gives 35.0 vs 40.8 (ratio 1.17; the issue's
 43.8 / 37.7 = 1.16); measured with ``--model 3m --vocab 141 --pad-token own --max-new-tokens 48``:
-ours 32.4 by its own count (36.8 counted to the first EOS, as TRL does), TRL 37.1. Not the cause:
+ours 32.8 by its own count (36.9 counted to the first EOS, as TRL does), TRL 37.1. Not the cause:
 prompt encoding (both call the tokenizer with its special tokens: the same ids, BOS first; no chat
 template, no truncation), the EOS set (ours: tokenizer EOS ∪ generation config EOS ∪ chat-template
 end-of-turn; the same ids here), sampling (both run temperature 1, top_k = 0, top_p = 1: no top-k /
@@ -315,7 +315,7 @@ def worker_ours(spec: dict) -> dict:
     import vs_trl as bench  # the module instance that StepClock and the reward come from
     from rlhf_lightning.cli import RLHFCLI
 
-    bench._instrument(spec["eos_ids"])
+    bench._instrument(spec["eos_ids"], ours=True)
 
     _, objective, k, updates = CONFIGS[spec["name"]]
     model, root = spec["model_dir"], spec["run_dir"]
@@ -756,7 +756,9 @@ class _Counts:
         """``positions`` rows through the lm_head."""
         self.step[self._kind(grad)]["logits"] += positions
 
-    def generation(self, input_ids, attention_mask, sequences, config, processors) -> None:
+    def generation(self, input_ids, attention_mask, completions, info: dict) -> None:
+        """One rollout's generation: its ``[N, P]`` prompt rows (one per sample), the ``[N, R]`` raw generated
+        tokens, and the settings it sampled with (kept from the first call)."""
         width = input_ids.shape[1]
         mask = attention_mask if attention_mask is not None else (input_ids * 0 + 1)
         real = [row[m.bool()].tolist() for row, m in zip(input_ids, mask)]
@@ -764,22 +766,25 @@ class _Counts:
             self.step["prompt_digest"].update(json.dumps(ids).encode())
         self.step["prompt_lengths"] += [len(ids) for ids in real]
         self.step["prompt_widths"].append(width)
-        self.step["generated_widths"].append(sequences.shape[1] - width)
-        self.step["completion_lengths"] += first_eos_lengths(sequences[:, width:].cpu(), self.eos_ids)
-        if not self.info and config is not None:
-            self.info = {key: getattr(config, key, None) for key in
-                         ("do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "max_new_tokens",
-                          "eos_token_id", "pad_token_id", "bos_token_id")}
-            self.info["logits_processors"] = processors
-            self.info["first_prompt_ids"] = real[0]
+        self.step["generated_widths"].append(completions.shape[1])
+        self.step["completion_lengths"] += first_eos_lengths(completions.cpu(), self.eos_ids)
+        if not self.info:
+            self.info = {**info, "first_prompt_ids": real[0]}
 
 
-def _instrument(eos_ids, trl: bool = False) -> _Counts:
-    """Wrap ``LlamaModel.forward`` (the decoder stack), ``LlamaForCausalLM.forward`` (its lm_head rows),
-    ``GenerationMixin.generate`` and the logits-processor builder — and with ``trl`` TRL's fused lm_head
-    (``_ChunkedLogProbFunction``, which its trainers call on the decoder stack's output instead of the
-    model's forward) — as class attributes with their signatures kept, so that every forward and every
-    generation is counted in :data:`_COUNTS`."""
+_SETTINGS = ("do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "max_new_tokens",
+             "min_new_tokens", "eos_token_id", "pad_token_id")
+
+
+def _instrument(eos_ids, trl: bool = False, ours: bool = False) -> _Counts:
+    """Count every forward and every generation in :data:`_COUNTS`, by wrapping (class or module attributes,
+    signatures kept with ``functools.wraps``): ``LlamaModel.forward`` (the decoder stack),
+    ``LlamaForCausalLM.forward`` (its lm_head rows), ``GenerationMixin.generate`` and its logits-processor
+    builder; with ``trl``, TRL's fused lm_head (``_ChunkedLogProbFunction``: its trainers score log-probs on
+    the decoder stack's output instead of calling the model's forward); with ``ours``, our engine's
+    ``HFGenerator.generate`` (a generation region: our own sampling loop does not call ``generate``) and the
+    loop itself (``sample_dropping_ended``, for the raw tokens before our response mask). Only the outermost
+    generation of a nested pair records the rollout."""
     global _COUNTS
     import torch
     from transformers import LlamaForCausalLM, LlamaModel
@@ -821,19 +826,26 @@ def _instrument(eos_ids, trl: bool = False) -> _Counts:
                     and p.min_length <= input_ids_seq_length:
                 name += " (no-op: min_length ≤ prompt width)"
             names.append(name)
-        seen["processors"], seen["config"] = names, generation_config  # the config after generate's merging
+        seen["processors"] = names
+        seen["settings"] = {key: getattr(generation_config, key, None) for key in _SETTINGS}  # after merging
         return processors
 
     @functools.wraps(generate)
     def counted_generate(self, *args, **kwargs):
+        outer = not counts.in_generate
         counts.in_generate += 1
         try:
             out = generate(self, *args, **kwargs)
         finally:
             counts.in_generate -= 1
         ids = kwargs.get("input_ids", args[0] if args else None)
-        sequences = out if isinstance(out, torch.Tensor) else out.sequences
-        counts.generation(ids, kwargs.get("attention_mask"), sequences, seen.get("config"), seen.get("processors"))
+        completions = (out if isinstance(out, torch.Tensor) else out.sequences)[:, ids.shape[1]:]
+        if outer:
+            counts.generation(ids, kwargs.get("attention_mask"), completions,
+                              {**seen.get("settings", {}), "engine": "transformers generate",
+                               "logits_processors": seen.get("processors")})
+        else:  # inside our engine: its raw tokens
+            seen["raw"], seen["engine"] = completions, "transformers generate"
         return out
 
     LlamaModel.forward, LlamaForCausalLM.forward = counted_backbone, counted_forward
@@ -852,7 +864,59 @@ def _instrument(eos_ids, trl: bool = False) -> _Counts:
                 return chunked(ctx, hidden, *args, **kwargs)
 
             function.forward = staticmethod(counted_chunked)
+    if ours:
+        _instrument_ours(counts, seen)
     return counts
+
+
+def _instrument_ours(counts: _Counts, seen: dict) -> None:
+    """The generation region of our engine (see :func:`_instrument`)."""
+    from rlhf_lightning.generation import huggingface
+
+    engine = huggingface.HFGenerator.generate
+    loop = getattr(huggingface, "sample_dropping_ended", None)
+
+    def loop_processors(params) -> Optional[list[str]]:
+        try:
+            from rlhf_lightning.generation.decode import _warpers
+        except ImportError:
+            return None
+        names = [type(w).__name__ for w in _warpers(params)]
+        return names + (["EOS forbidden for min_new_tokens"] if params.min_new_tokens else [])
+
+    @functools.wraps(engine)
+    def counted_engine(self, model, input_ids, attention_mask, params, *args, **kwargs):
+        outer = not counts.in_generate
+        seen.pop("raw", None)
+        counts.in_generate += 1
+        try:
+            generation = engine(self, model, input_ids, attention_mask, params, *args, **kwargs)
+        finally:
+            counts.in_generate -= 1
+        if outer:
+            k = params.num_samples
+            raw, used = seen.pop("raw", None), seen.pop("engine", "?")
+            rows = input_ids.shape[0] * k
+            completions = raw if raw is not None and raw.shape[0] == rows else generation.responses
+            info = {"do_sample": not params.greedy, "temperature": params.temperature, "top_k": params.top_k,
+                    "top_p": params.top_p, "min_p": None, "repetition_penalty": None,
+                    "max_new_tokens": params.max_new_tokens, "min_new_tokens": params.min_new_tokens,
+                    "eos_token_id": list(self.eos_ids), "pad_token_id": self.pad_token_id, "engine": used,
+                    "logits_processors": seen.get("processors") if used == "transformers generate"
+                    else loop_processors(params)}
+            counts.generation(input_ids.repeat_interleave(k, 0), attention_mask.repeat_interleave(k, 0), completions,
+                              info)
+        return generation
+
+    huggingface.HFGenerator.generate = counted_engine
+    if loop is not None:
+        @functools.wraps(loop)
+        def recorded_loop(*args, **kwargs):
+            out = loop(*args, **kwargs)
+            seen["raw"], seen["engine"] = out[0], "rlhf_lightning sampling loop"
+            return out
+
+        huggingface.sample_dropping_ended = recorded_loop
 
 
 def read_spec(spec_path: str) -> dict:
@@ -1090,14 +1154,14 @@ def same_work_checks(rows: dict[str, dict]) -> dict:
                 for name, row in rows.items()}
     for s in settings.values():  # the processors that change the distribution (a no-op one is reported apart)
         s["distribution_processors"] = [p for p in s.get("logits_processors") or [] if "no-op" not in p]
-    keys = ("do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "max_new_tokens",
-            "distribution_processors")
+    keys = ("do_sample", "temperature", "top_k", "top_p", "max_new_tokens", "distribution_processors")
     distinct = {key: sorted({json.dumps(s.get(key)) for s in settings.values()}) for key in keys}
     eos = {name: s.get("eos_token_id") for name, s in settings.items()}
     return {"prompt_ids_same_every_step": len({json.dumps(d) for d in digests.values()}) == 1 if digests else None,
             "sampling_settings_same": all(len(v) == 1 for v in distinct.values()),
             "sampling_settings": {key: [json.loads(v) for v in values] for key, values in distinct.items()},
             "logits_processors": {name: s.get("logits_processors") for name, s in settings.items()},
+            "engines": {name: s.get("engine") for name, s in settings.items()},
             "eos_token_id_in_generate": eos}
 
 
@@ -1192,7 +1256,7 @@ def markdown(rows: dict, pairs: list[dict], meta: dict) -> str:
                   f"{'yes' if inputs['chat_template'] else 'none'}, no truncation); EOS set ours "
                   f"{inputs['eos_ids_ours']}, TRL {inputs['eos_ids_trl']}; pad id {inputs['pad_token_id']}"
                   f" ({'in the EOS set' if inputs['pad_is_eos'] else 'not in the EOS set: a sampled pad ends our responses, not TRL s'.replace('TRL s', 'TRL’s')}). "
-                  "Recorded in every run's `generate`: prompt ids the same at every timed step in all runs: "
+                  "Recorded at every generation of every run: prompt ids the same at every timed step in all runs: "
                   f"{_yes(checks.get('prompt_ids_same_every_step'))}; sampling settings and logits processors the "
                   f"same: {_yes(checks.get('sampling_settings_same'))} (distribution-changing processors "
                   f"{checks.get('sampling_settings', {}).get('distribution_processors')}, top_k "

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from rlhf_lightning.errors import RecipeError, raise_all
-from rlhf_lightning.logprobs import position_ids_from_mask
+from rlhf_lightning.response_forward import position_ids_from_mask
 from rlhf_lightning.model_checks import HEAD_NAMES, lora_problems, value_model_problem
 from rlhf_lightning.models import ModelConfig, _torch_dtype, add_lora, load_model_config, load_pretrained
 

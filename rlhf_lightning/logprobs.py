@@ -14,12 +14,11 @@ from typing import Literal, Optional
 import torch
 from torch import Tensor, nn
 
+from rlhf_lightning.response_forward import position_ids_from_mask, response_logit_parts, trim_padding
+
+__all__ = ["position_ids_from_mask"]  # kept importable from here
+
 KLEstimator = Literal["k1", "k2", "k3"]
-
-
-def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
-    """Positions counted over real tokens only: ``[0, 0, 0, 1, 2]`` for mask ``[0, 0, 1, 1, 1]``."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def masked_sum(values: Tensor, mask: Tensor, dim: int = -1) -> Tensor:
@@ -117,33 +116,6 @@ def entropy_from_logits(logits: Tensor, temperature: float = 1.0) -> Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
-def _response_logits(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, prompt_length: int) -> Tensor:
-    """Logits that predict the ``R`` response tokens, ``[N, R, V]`` (only those are materialised when possible)."""
-    response_width = input_ids.shape[1] - prompt_length
-    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask,
-                  position_ids=position_ids_from_mask(attention_mask), use_cache=False)
-    try:
-        logits = model(**kwargs, logits_to_keep=response_width + 1).logits
-    except TypeError:  # models without ``logits_to_keep``
-        logits = model(**kwargs).logits
-    return logits[:, -(response_width + 1):-1]
-
-
-def _response_logit_blocks(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, prompt_length: int,
-                           share_prompts: bool) -> list[Tensor]:
-    """The logits predicting the response block as column blocks (concatenated: ``[N, R, V]``): the full
-    forward, or, when rows repeat their prompt and the model allows it, the shared-prompt forward."""
-    from rlhf_lightning.shared_prompts import can_share_prompts, prompt_owners, shared_prompt_logits
-
-    owners = prompt_owners(input_ids, attention_mask, prompt_length) if share_prompts else None
-    if owners is not None and can_share_prompts(model):
-        blocks = shared_prompt_logits(model, input_ids, attention_mask, position_ids_from_mask(attention_mask),
-                                      prompt_length, *owners)
-        if blocks is not None:
-            return list(blocks)
-    return [_response_logits(model, input_ids, attention_mask, prompt_length)]
-
-
 def response_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, prompt_length: int,
                       temperature: float = 1.0, with_entropy: bool = False,
                       entropy_grad: bool = True, share_prompts: bool = True) -> tuple[Tensor, Tensor | None]:
@@ -153,35 +125,40 @@ def response_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tenso
     The entropy carries gradients when grad is enabled and ``entropy_grad`` (for an entropy bonus);
     ``entropy_grad=False`` gives it detached, for metrics.
 
-    No padding column is computed, and with ``share_prompts`` each distinct prompt of consecutive rows is run
-    once (:mod:`rlhf_lightning.shared_prompts`); the numbers equal the plain padded forward's to float
-    rounding, gradients included.
+    No padding column is computed, rows are grouped by response length when that pays, and with
+    ``share_prompts`` each distinct prompt of consecutive rows is run once
+    (:mod:`rlhf_lightning.response_forward`); the numbers equal the plain padded forward's to float rounding,
+    gradients included.
     """
-    from rlhf_lightning.shared_prompts import trim_padding
-
     full_width = input_ids.shape[1] - prompt_length
     trimmed = trim_padding(input_ids, attention_mask, prompt_length)
     input_ids, attention_mask, prompt_length = trimmed.input_ids, trimmed.attention_mask, trimmed.prompt_length
-    blocks = _response_logit_blocks(model, input_ids, attention_mask, prompt_length, share_prompts)
     labels, mask = input_ids[:, prompt_length:], attention_mask[:, prompt_length:].float()
-    columns, logprobs, entropies = 0, [], []
-    for logits in blocks:
-        block = slice(columns, columns + logits.shape[1])
-        columns = block.stop
-        entropy_with_grad = with_entropy and entropy_grad and torch.is_grad_enabled()
-        block_logprobs, entropy = token_logprobs_and_entropy(logits, labels[:, block], temperature,
-                                                             with_entropy and not entropy_with_grad)
-        logprobs.append(block_logprobs)
-        if entropy_with_grad:  # an entropy bonus: the full softmax with its graph
-            entropy = entropy_from_logits(logits, temperature)
-        if with_entropy:
-            entropies.append(entropy)
+    entropy_with_grad = with_entropy and entropy_grad and torch.is_grad_enabled()
+    logprob_pieces, entropy_pieces = [], []  # (rows, columns, values [rows, columns])
+    for part in response_logit_parts(model, input_ids, attention_mask, prompt_length, share_prompts):
+        part_labels, start = labels[part.rows], 0
+        for logits in part.blocks:
+            columns = torch.arange(start, start + logits.shape[1], device=labels.device)
+            start += logits.shape[1]
+            values, entropy = token_logprobs_and_entropy(logits, part_labels[:, columns], temperature,
+                                                         with_entropy and not entropy_with_grad)
+            if entropy_with_grad:  # an entropy bonus: the full softmax with its graph
+                entropy = entropy_from_logits(logits, temperature)
+            logprob_pieces.append((part.rows, columns, values))
+            entropy_pieces.append((part.rows, columns, entropy))
 
-    def response_block(parts: list[Tensor]) -> Tensor:
-        values = (torch.cat(parts, 1) if len(parts) > 1 else parts[0]) * mask
-        return nn.functional.pad(values, (0, full_width - values.shape[1])) if values.shape[1] < full_width else values
+    def assemble(pieces: list) -> Tensor:
+        """The pieces in one ``[N, R]`` tensor (zero on padding and on the columns cut as padding)."""
+        if len(pieces) == 1 and pieces[0][2].shape == mask.shape:
+            values = pieces[0][2]
+        else:
+            values = mask.new_zeros(mask.shape)
+            for rows, columns, piece in pieces:
+                values = values.index_put((rows[:, None], columns[None, :]), piece)
+        return nn.functional.pad(values * mask, (0, full_width - mask.shape[1]))
 
-    return response_block(logprobs), response_block(entropies) if with_entropy else None
+    return assemble(logprob_pieces), assemble(entropy_pieces) if with_entropy else None
 
 
 def kl_per_token(logprobs: Tensor, ref_logprobs: Tensor, estimator: KLEstimator = "k1") -> Tensor:

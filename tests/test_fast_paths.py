@@ -11,7 +11,7 @@ from families import FAMILIES, make_family_checkpoint
 from rlhf_lightning import logprobs as L
 from rlhf_lightning.generation import HFGenerator, SamplingParams
 from rlhf_lightning.generation.kv_cache import PreallocatedCache, preallocated_cache
-from rlhf_lightning.shared_prompts import prompt_owners, trim_padding
+from rlhf_lightning.response_forward import prompt_owners, trim_padding
 
 
 def plain_logprobs(model, input_ids, attention_mask, prompt_length, temperature=1.0):
@@ -149,11 +149,11 @@ def family_model(request, tmp_path_factory):
 
 
 def test_shared_prompts_equal_plain_forward_on_every_family(family_model, monkeypatch):
-    import rlhf_lightning.shared_prompts as shared
+    import rlhf_lightning.response_forward as shared
 
     taken = []
-    original = shared.shared_prompt_logits
-    monkeypatch.setattr(shared, "shared_prompt_logits", lambda *a, **k: taken.append(1) or original(*a, **k))
+    original = shared._shared_prompt_parts
+    monkeypatch.setattr(shared, "_shared_prompt_parts", lambda *a, **k: taken.append(1) or original(*a, **k))
     vocab = family_model.config.vocab_size
     ids, mask, P = grouped_batch(vocab, [4, 7, 2], [3, 6, 1, 5, 2, 4], group=2)
     _compare(family_model, ids, mask, P)
@@ -286,8 +286,10 @@ def test_dropping_ended_rows_samples_equal_hf_generate_while_no_row_ends():
     params = SamplingParams(max_new_tokens=8, min_new_tokens=8, num_samples=2)  # EOS forbidden: nobody ends
     outputs = []
     for drop in (True, False):
+        engine = _engine(drop, 2)
+        engine.pad_token_id = 2  # pad = EOS (a sampled pad would end a row too)
         torch.manual_seed(0)
-        outputs.append(_engine(drop, 2).generate(model, prompts, mask, params).responses)
+        outputs.append(engine.generate(model, prompts, mask, params).responses)
     assert torch.equal(*outputs)
 
 
@@ -349,3 +351,45 @@ def test_fused_entropy_equals_the_full_softmax_entropy(monkeypatch):
     uniform = torch.zeros(1, 1, 8)
     assert torch.allclose(L.token_logprobs_and_entropy(uniform, torch.zeros(1, 1, dtype=torch.long))[1],
                           torch.log(torch.tensor(8.0)))
+
+
+# ----------------------------------------------------------------------------- length groups
+def test_length_buckets_hand_cases():
+    from rlhf_lightning.response_forward import length_buckets
+
+    assert length_buckets([5] * 16) is None  # nothing to save
+    assert length_buckets([1, 9] * 3) is None  # too few rows for two groups of 4
+    groups = length_buckets([1] * 8 + [10] * 8)
+    assert [sorted(g) for g in groups] == [list(range(8)), list(range(8, 16))]  # 16·10 → 8·1 + 8·10 tokens
+    assert length_buckets([1] * 8 + [10] * 8, per_row=200) is None  # long prompts per row: < 15 % saved
+    lengths = [2, 30, 3, 31, 2, 15, 16, 30, 3, 15, 2, 16, 3, 31, 15, 16]
+    groups = length_buckets(lengths)
+    assert len(groups) == 3 and sorted(i for g in groups for i in g) == list(range(16))
+    assert [max(lengths[i] for i in g) for g in groups] == [3, 16, 31]
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_length_groups_equal_plain_forward_and_run_shorter(monkeypatch, share):
+    model = tiny_llama()
+    responses = [2, 12, 12, 2, 2, 11, 12, 2, 2, 12, 12, 1, 2, 11, 12, 2]  # 8 of ≤ 2 tokens, 8 of 11–12
+    ids, mask, P = grouped_batch(97, [3, 5, 4, 6, 2, 5, 4, 3], responses, group=2)
+    seen = []
+    forward = type(model).forward
+
+    def counting(self, input_ids=None, **kwargs):
+        seen.append(tuple(input_ids.shape))
+        return forward(self, input_ids=input_ids, **kwargs)
+
+    monkeypatch.setattr(type(model), "forward", counting)
+    with torch.no_grad():
+        L.response_logprobs(model, ids, mask, P, share_prompts=share)
+    if share:
+        assert seen[0][0] == 8 and len(seen) == 3 and sorted(rows for rows, _ in seen[1:]) == [8, 8]
+        assert sorted(width for _, width in seen[1:]) == [1, 11]  # each group to its own longest response
+    else:
+        assert len(seen) == 2 and sorted(rows for rows, _ in seen) == [8, 8]
+    monkeypatch.undo()
+    _compare(model, ids, mask, P, temperature=0.9)
+    model.zero_grad()
+    lp, _ = L.response_logprobs(model, ids, mask, P, share_prompts=share)
+    assert torch.allclose(lp.detach(), plain_logprobs(model, ids, mask, P).detach(), atol=1e-5)

@@ -52,7 +52,7 @@ def sample_dropping_ended(model: nn.Module, input_ids: Tensor, attention_mask: T
     prefill once and repeat its cache for its ``k`` samples. ``record_logprobs``: also return the sampler's
     ``ln p`` of each drawn token (after the warpers), ``[B·k, max_new_tokens]``.
     """
-    from rlhf_lightning.logprobs import position_ids_from_mask
+    from rlhf_lightning.response_forward import position_ids_from_mask
 
     k, steps = params.num_samples, params.max_new_tokens
     positions = position_ids_from_mask(attention_mask)
@@ -67,7 +67,8 @@ def sample_dropping_ended(model: nn.Module, input_ids: Tensor, attention_mask: T
     rows, device = logits.shape[0], logits.device
     responses = torch.full((rows, steps), pad_token_id, dtype=torch.long, device=device)
     logprobs = torch.zeros(rows, steps, device=device) if record_logprobs else None
-    eos = torch.tensor(eos_ids, device=device)
+    # a sampled pad token ends a response as EOS does (see masks.response_attention_mask): stop computing it
+    eos = torch.tensor(sorted({*eos_ids, pad_token_id}), device=device)
     computing = torch.arange(rows, device=device)  # the rows in the batch (and the cache), in order
     running = torch.ones(rows, dtype=torch.bool, device=device)  # of those, the ones that have not ended
     position = positions[:, -1] + 1  # of each row's next token

@@ -126,7 +126,7 @@ class HFGenerator(Generator):
         ``k`` samples (``generate`` then starts from the last prompt token); ``None`` when the model's cache
         cannot be repeated (the prompts are then repeated and prefilled ``k`` times). ``cache``: an empty cache
         to fill (the default one otherwise)."""
-        from rlhf_lightning.logprobs import position_ids_from_mask
+        from rlhf_lightning.response_forward import position_ids_from_mask
 
         out = model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
                     position_ids=position_ids_from_mask(attention_mask[:, :-1]), use_cache=True, logits_to_keep=1,
