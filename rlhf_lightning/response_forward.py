@@ -33,6 +33,27 @@ from rlhf_lightning.generation.kv_cache import CACHE_ARGUMENT
 BUCKET_SAVING = 0.15
 """Rows are split by response length only when that cuts the computed tokens by at least this share."""
 
+MIN_SAVED_FLOPS = 2e8
+"""A second forward (or a length group) is run only when it saves at least this many FLOPs (2 · parameters ·
+tokens not computed): about 6 ms of a 2-core CPU's matmul rate, above what an extra forward call costs in
+Python and dispatch. Tiny models (the embedded demo's 137K parameters) therefore keep one forward."""
+
+
+def _parameters(model: nn.Module) -> int:
+    count = getattr(model, "_rlhf_parameter_count", None)
+    if count is None:
+        count = sum(p.numel() for p in model.parameters())
+        try:
+            model._rlhf_parameter_count = count
+        except AttributeError:  # a wrapper that forbids new attributes: count again next time
+            pass
+    return count
+
+
+def saves_enough(model: nn.Module, tokens_saved: int) -> bool:
+    """Whether skipping ``tokens_saved`` tokens of ``model``'s forward is worth another forward call."""
+    return 2 * _parameters(model) * tokens_saved >= MIN_SAVED_FLOPS
+
 
 def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     """Positions counted over real tokens only: ``[0, 0, 0, 1, 2]`` for mask ``[0, 0, 1, 1, 1]``."""
@@ -107,13 +128,15 @@ class LogitPart:
     blocks: list[Tensor]
 
 
-def length_buckets(lengths: Sequence[int], per_row: int = 0, most: int = 3) -> Optional[list[list[int]]]:
+def length_buckets(lengths: Sequence[int], per_row: int = 0, most: int = 3,
+                   model: Optional[nn.Module] = None) -> Optional[list[list[int]]]:
     """Rows grouped by response length (shortest first) so that each group runs to its own longest response,
     or ``None`` when one group is as good (it must save ≥ :data:`BUCKET_SAVING` of the tokens).
 
     A group of ``n`` rows whose longest response is ``r`` costs ``n·(per_row + r)`` tokens (``per_row``: the
     prompt width when every row runs its own prompt). Groups hold at least ``max(4, N/8)`` rows, so that
-    each forward stays a sizeable matrix product; at most ``most`` groups."""
+    each forward stays a sizeable matrix product; at most ``most`` groups. With ``model``, the tokens saved must
+    also pass :func:`saves_enough`."""
     n = len(lengths)
     smallest = max(4, n // 8)
     if n < 2 * smallest:
@@ -133,6 +156,8 @@ def length_buckets(lengths: Sequence[int], per_row: int = 0, most: int = 3) -> O
     whole = cost(())
     best = min(options, key=cost, default=())
     if not best or cost(best) > (1 - BUCKET_SAVING) * whole:
+        return None
+    if model is not None and not saves_enough(model, whole - cost(best)):
         return None
     edges = (0, *best, n)
     return [order[a:b] for a, b in zip(edges, edges[1:])]
@@ -182,7 +207,7 @@ def _shared_prompt_parts(model: nn.Module, input_ids: Tensor, attention_mask: Te
         return None
     last = prompt.logits[:, -1:]  # [G, 1, V] predicts each prompt's first response token
     lengths = attention_mask[:, P:].sum(-1).tolist()
-    groups = length_buckets(lengths) if bucket and _plain_cache_layers(cache) else None
+    groups = length_buckets(lengths, model=model) if bucket and _plain_cache_layers(cache) else None
     if groups is None:
         rows = torch.arange(N, device=input_ids.device)
         width = input_ids.shape[1] - P
@@ -213,12 +238,15 @@ def response_logit_parts(model: nn.Module, input_ids: Tensor, attention_mask: Te
     forward when rows repeat their prompt and the model allows it, else one forward per length group (or one
     over the whole batch)."""
     owners = prompt_owners(input_ids, attention_mask, prompt_length) if share_prompts else None
-    if owners is not None and can_share_prompts(model):
+    repeated = 0 if owners is None else int(attention_mask[:, :prompt_length].sum()) - int(
+        attention_mask[owners[1], :prompt_length].sum())  # prompt tokens the shared forward does not compute
+    if owners is not None and saves_enough(model, repeated) and can_share_prompts(model):
         parts = _shared_prompt_parts(model, input_ids, attention_mask, prompt_length, *owners, bucket)
         if parts is not None:
             return parts
     lengths = attention_mask[:, prompt_length:].sum(-1).tolist()
-    groups = length_buckets(lengths, per_row=prompt_length) if bucket and not steps_with_other_ranks(model) else None
+    groups = (length_buckets(lengths, per_row=prompt_length, model=model)
+              if bucket and not steps_with_other_ranks(model) else None)
     if groups is None:
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         return [LogitPart(rows, input_ids.shape[1] - prompt_length,

@@ -14,6 +14,15 @@ from rlhf_lightning.generation.kv_cache import PreallocatedCache, preallocated_c
 from rlhf_lightning.response_forward import prompt_owners, trim_padding
 
 
+@pytest.fixture(autouse=True)
+def every_saving_counts(monkeypatch):
+    """The tiny test models save few FLOPs: take the work-saving paths whatever they save (one test below
+    checks the threshold itself)."""
+    import rlhf_lightning.response_forward as forward
+
+    monkeypatch.setattr(forward, "MIN_SAVED_FLOPS", 0)
+
+
 def plain_logprobs(model, input_ids, attention_mask, prompt_length, temperature=1.0):
     """The reference computation: one forward over every column, a float32 log-softmax over the vocabulary."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask,
@@ -393,3 +402,20 @@ def test_length_groups_equal_plain_forward_and_run_shorter(monkeypatch, share):
     model.zero_grad()
     lp, _ = L.response_logprobs(model, ids, mask, P, share_prompts=share)
     assert torch.allclose(lp.detach(), plain_logprobs(model, ids, mask, P).detach(), atol=1e-5)
+
+
+def test_tiny_savings_keep_one_forward(monkeypatch):
+    """Below MIN_SAVED_FLOPS another forward call costs more than it saves: one forward over the batch."""
+    import rlhf_lightning.response_forward as forward
+
+    monkeypatch.setattr(forward, "MIN_SAVED_FLOPS", 2e8)
+    model = tiny_llama()
+    ids, mask, P = grouped_batch(97, [4, 6], [3, 5, 2, 4], group=2)
+    seen = []
+    original = type(model).forward
+    monkeypatch.setattr(type(model), "forward", lambda self, input_ids=None, **kw: seen.append(input_ids.shape)
+                        or original(self, input_ids=input_ids, **kw))
+    with torch.no_grad():
+        L.response_logprobs(model, ids, mask, P)
+    assert len(seen) == 1
+    assert forward.saves_enough(model, 10 ** 6) and not forward.saves_enough(model, 10)
