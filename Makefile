@@ -15,7 +15,7 @@ export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export WANDB_MODE ?= offline
 
-.PHONY: venv quickstart test test-slow test-gpu pipeline table1 vs-trl memory clean-runs
+.PHONY: venv quickstart test test-slow test-gpu pipeline table1 vs-trl vs-trl-sizes memory clean-runs
 
 venv: $(STAMP)
 
@@ -54,6 +54,17 @@ vs-trl: $(STAMP)
 	$(BIN)/python -m pip install --quiet trl
 	$(BIN)/python benchmarks/vs_trl.py
 	$(BIN)/python benchmarks/dpo_vs_trl.py
+
+# the same at realistic sizes (random Llamas of ~3M and ~27M parameters, 141- to 32000-token vocabularies,
+# 1 and 2 threads; ~1 h on 2 cores) → benchmarks/results/vs_trl_*.{md,json} and vs_trl_sizes.md
+VS_TRL = $(BIN)/python benchmarks/vs_trl.py --only ours_rebel ours_rloo_k2 trl_rloo_k2 trl_grpo --lr 1e-6
+vs-trl-sizes: $(STAMP)
+	$(BIN)/python -m pip install --quiet trl
+	$(VS_TRL) --model 3m --vocab 141 --steps 6 --repeats 3
+	for threads in 1 2; do for vocab in 141 8192; do \
+	  $(VS_TRL) --model 27m --vocab $$vocab --threads $$threads --steps 3 --repeats 2 || exit 1; done; done
+	$(VS_TRL) --model 27m --vocab 32000 --threads 2 --steps 3 --repeats 2
+	$(BIN)/python benchmarks/vs_trl.py --summary
 
 # two worker processes (pytest-xdist), one test file each at a time: module fixtures are built once
 TEST_WORKERS ?= 2

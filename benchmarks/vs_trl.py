@@ -106,8 +106,8 @@ heads of size d, intermediate I and vocabulary V:
 A generated sample needs the same positions as one forward over it, so generation, reference and
 each update pass cost the same minimum (×3 for an update). Sharing the prompt among a prompt's k
 samples is what the minimum allows; prompt tokens × samples is what a side without that sharing runs
-(both libraries prefill every sample's prompt in ``generate`` below 64 prompt tokens; our log-prob
-passes and update run each prompt once, TRL's every sample's). Norms, rotary embeddings, softmax and
+(TRL prefills every sample's prompt in ``generate``; our generation shares the prefill from 8 prompt
+tokens on, and our log-prob passes and update run each prompt once, TRL's every sample's). Norms, rotary embeddings, softmax and
 the optimizer are left out (O(h) per token). The driver measures this CPU's rate for the model's own
 matmul shapes before and after the runs, keeping the higher (a busy machine only lowers it) (``F.linear`` of [M, h]×[h, H·d], [M, h]×[h, H_kv·d], [M, h]×[h, I],
 [M, I]×[I, h], [M, h]×[h, V], each timed for ≥ 0.2 s at the run's thread count, combined weighted by

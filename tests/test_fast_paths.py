@@ -53,6 +53,19 @@ def grouped_batch(vocab: int, prompt_lengths, response_lengths, group: int, pad:
     return torch.stack(rows_ids), torch.stack(rows_mask), P
 
 
+def forward_shapes(monkeypatch, model) -> list[tuple[int, ...]]:
+    """The ``input_ids`` shape of every forward of ``model`` from now on (filled as they run)."""
+    seen = []
+    forward = type(model).forward
+
+    def counting(self, input_ids=None, **kwargs):
+        seen.append(tuple(input_ids.shape))
+        return forward(self, input_ids=input_ids, **kwargs)
+
+    monkeypatch.setattr(type(model), "forward", counting)
+    return seen
+
+
 def tiny_llama(vocab: int = 97, seed: int = 0, **overrides) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -195,14 +208,7 @@ def test_shared_prompts_under_lora_and_gradient_checkpointing():
 def test_shared_prompts_run_each_prompt_once(monkeypatch):
     model = tiny_llama()
     ids, mask, P = grouped_batch(97, [4, 6], [3, 5, 2, 4], group=2)
-    seen = []
-    forward = type(model).forward
-
-    def counting(self, input_ids=None, **kwargs):
-        seen.append(tuple(input_ids.shape))
-        return forward(self, input_ids=input_ids, **kwargs)
-
-    monkeypatch.setattr(type(model), "forward", counting)
+    seen = forward_shapes(monkeypatch, model)
     with torch.no_grad():
         L.response_logprobs(model, ids, mask, P)
     trimmed = trim_padding(ids, mask, P)
@@ -335,16 +341,10 @@ def test_dropping_ended_rows_samples_from_the_policy_at_every_step(sampling):
 def test_dropping_ended_rows_computes_fewer_rows(monkeypatch):
     model = eos_prone_llama()
     prompts, mask = _prompts()
-    rows = []
-    forward = type(model).forward
-
-    def counting(self, input_ids=None, **kwargs):
-        rows.append(input_ids.shape[0])
-        return forward(self, input_ids=input_ids, **kwargs)
-
-    monkeypatch.setattr(type(model), "forward", counting)
+    shapes = forward_shapes(monkeypatch, model)
     params = SamplingParams(max_new_tokens=12, temperature=0.0, num_samples=2)
     _engine(True, 2).generate(model, prompts, mask, params)
+    rows = [shape[0] for shape in shapes]
     assert rows[0] == 6 and rows[1] == 12 and rows[-1] < 12  # one prefill per prompt, then fewer rows
 
 
@@ -382,14 +382,7 @@ def test_length_groups_equal_plain_forward_and_run_shorter(monkeypatch, share):
     model = tiny_llama()
     responses = [2, 12, 12, 2, 2, 11, 12, 2, 2, 12, 12, 1, 2, 11, 12, 2]  # 8 of ≤ 2 tokens, 8 of 11–12
     ids, mask, P = grouped_batch(97, [3, 5, 4, 6, 2, 5, 4, 3], responses, group=2)
-    seen = []
-    forward = type(model).forward
-
-    def counting(self, input_ids=None, **kwargs):
-        seen.append(tuple(input_ids.shape))
-        return forward(self, input_ids=input_ids, **kwargs)
-
-    monkeypatch.setattr(type(model), "forward", counting)
+    seen = forward_shapes(monkeypatch, model)
     with torch.no_grad():
         L.response_logprobs(model, ids, mask, P, share_prompts=share)
     if share:
@@ -411,10 +404,7 @@ def test_tiny_savings_keep_one_forward(monkeypatch):
     monkeypatch.setattr(forward, "MIN_SAVED_FLOPS", 2e8)
     model = tiny_llama()
     ids, mask, P = grouped_batch(97, [4, 6], [3, 5, 2, 4], group=2)
-    seen = []
-    original = type(model).forward
-    monkeypatch.setattr(type(model), "forward", lambda self, input_ids=None, **kw: seen.append(input_ids.shape)
-                        or original(self, input_ids=input_ids, **kw))
+    seen = forward_shapes(monkeypatch, model)
     with torch.no_grad():
         L.response_logprobs(model, ids, mask, P)
     assert len(seen) == 1

@@ -1,4 +1,4 @@
-"""``HFGenerator``: Hugging Face ``generate`` on the policy itself, with only the recipe's sampling."""
+"""``HFGenerator``: generation on the policy itself in this process, with only the recipe's sampling."""
 
 from __future__ import annotations
 
@@ -43,9 +43,13 @@ def dropped_settings(generation_config) -> dict[str, object]:
 
 
 class HFGenerator(Generator):
-    """Generation with ``model.generate`` on the policy (or the reference) in this process.
+    """Generation on the policy (or the reference) in this process, through the model's own forward.
 
-    The checkpoint's ``generation_config.json`` is not used for sampling: during each call the model's
+    With a model whose layers all use full attention, and weights not sharded over processes, tokens come
+    from :func:`~rlhf_lightning.generation.decode.sample_dropping_ended` (``drop_ended_rows``): a sampling
+    loop with Hugging Face's warpers that drops the rows that ended from the batch; otherwise (sliding
+    windows, hybrid or recurrent layers, FSDP2 / ZeRO-3 shards, ``drop_ended_rows: false``) from
+    ``model.generate``. The checkpoint's ``generation_config.json`` is not used for sampling: during each call the model's
     generation config is replaced by one that holds only the recipe's :class:`SamplingParams`, the EOS
     set and the pad token, so tokens are drawn from ``softmax(logits / T)`` cut only by top-k / top-p.
     What the checkpoint would have added (repetition penalty, n-gram blocking, bad words, min-p, forced
@@ -69,6 +73,8 @@ class HFGenerator(Generator):
             processes (every rank must then run the same forwards: ``generate`` steps with ``synced_gpus``).
         preallocate_cache: reserve the KV cache once per call (models whose layers all use full attention;
             sliding-window, hybrid and recurrent models keep Hugging Face's own cache).
+        drop_ended_rows: sample with the loop that stops computing rows that ended (needs the reserved
+            cache); ``false`` always uses ``model.generate``.
     """
 
     def __init__(self, record_sampler_logprobs: bool = False, share_prefill_from: Optional[int] = 8,
