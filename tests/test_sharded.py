@@ -69,6 +69,10 @@ def online_args(tiny_model, tiny_data, root: Path, name: str, strategy: str, dev
     objective, needs = ONLINE[name]
     options = [*STRATEGIES.get(strategy, ["--trainer.strategy", strategy]), "--trainer.devices", str(devices),
                "--data.batch_size", str(8 // devices),
+               # sharded weights always sample with `generate` (every rank steps together); DDP and one
+               # process must use the same engine for the runs to be comparable token for token
+               "--rollout.generator", "rlhf_lightning.generation.HFGenerator",
+               "--rollout.generator.drop_ended_rows", "false",
                *ON_CPU, *EXPORT, *extra]
     if "critic" in needs:
         options += ["--model.critic.path", str(tiny_model)]
