@@ -67,8 +67,9 @@ def sample_dropping_ended(model: nn.Module, input_ids: Tensor, attention_mask: T
     rows, device = logits.shape[0], logits.device
     responses = torch.full((rows, steps), pad_token_id, dtype=torch.long, device=device)
     logprobs = torch.zeros(rows, steps, device=device) if record_logprobs else None
+    eos = torch.tensor(sorted(set(eos_ids)), device=device)  # forbidden for the first min_new_tokens
     # a sampled pad token ends a response as EOS does (see masks.response_attention_mask): stop computing it
-    eos = torch.tensor(sorted({*eos_ids, pad_token_id}), device=device)
+    stops = torch.tensor(sorted({*eos_ids, pad_token_id}), device=device)
     computing = torch.arange(rows, device=device)  # the rows in the batch (and the cache), in order
     running = torch.ones(rows, dtype=torch.bool, device=device)  # of those, the ones that have not ended
     position = positions[:, -1] + 1  # of each row's next token
@@ -88,7 +89,7 @@ def sample_dropping_ended(model: nn.Module, input_ids: Tensor, attention_mask: T
         responses[live, step] = tokens[running]
         if logprobs is not None:
             logprobs[live, step] = scores.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)[running]
-        running = running & ~torch.isin(tokens, eos)
+        running = running & ~torch.isin(tokens, stops)
         width = step + 1
         if step == steps - 1 or not bool(running.any()):
             break
