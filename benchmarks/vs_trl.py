@@ -349,6 +349,32 @@ def worker_ours(spec: dict) -> dict:
             "counts_info": bench._COUNTS.info}
 
 
+TRL_TRAINER_HOOKS = ("_generate_single_turn", "_generate_and_score_completions", "training_step")
+"""Methods of TRL's trainers that the TRL worker wraps with its phase timers."""
+
+
+def missing_trl_hooks(trl_utils, trainers) -> list[str]:
+    """The TRL internals this benchmark wraps that ``trl_utils`` (``trl.trainer.utils``) and ``trainers``
+    lack, by name: its fused lm_head (``_ChunkedLogProbFunction``, counted by :func:`_instrument`) and the
+    trainers' :data:`TRL_TRAINER_HOOKS`. A missing one would leave phases untimed or FLOPs uncounted."""
+    missing = [] if hasattr(trl_utils, "_ChunkedLogProbFunction") else ["trl.trainer.utils._ChunkedLogProbFunction"]
+    return missing + [f"{trainer.__name__}.{hook}" for trainer in trainers for hook in TRL_TRAINER_HOOKS
+                      if not hasattr(trainer, hook)]
+
+
+def check_trl_hooks() -> None:
+    """Stop with one message when the installed TRL lacks a hook this benchmark relies on."""
+    from trl import GRPOTrainer, RLOOTrainer
+    from trl.trainer import utils as trl_utils
+
+    missing = missing_trl_hooks(trl_utils, (GRPOTrainer, RLOOTrainer))
+    if missing:
+        import trl
+
+        raise SystemExit(f"TRL {trl.__version__} lacks {', '.join(missing)}, which this benchmark wraps to time and "
+                         "count TRL's work; install the version it was written for: pip install trl==1.16.0")
+
+
 def worker_trl(spec: dict) -> dict:
     _set_threads(spec.get("threads", 1))
     import vs_trl as bench
@@ -394,6 +420,7 @@ def worker_trl(spec: dict) -> dict:
             current.clear()
 
     tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"])
+    bench.check_trl_hooks()
     bench._instrument(spec["eos_ids"], trl=True)
     trainer = Trainer(model=spec["model_dir"], reward_funcs=bench.trl_overlap_reward, args=config,
                       train_dataset=dataset, processing_class=tokenizer, callbacks=[Clock()])
