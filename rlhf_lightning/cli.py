@@ -101,6 +101,7 @@ class RLHFCLI(LightningCLI):
                                no_last_checkpoint=config.get("ckpt_path") == "last" and not resuming)
             self._lock = acquire_lock(root)
         text = self._parser(self.subcommand).dump(config, skip_none=False, skip_validation=True)
+        log_hyperparameters(self.trainer.loggers, text)
         self.model.summary.update(seed=config.get("seed_everything"),
                                   config_sha256=hashlib.sha256(text.encode()).hexdigest(),
                                   rlhf_lightning_version=__version__)
@@ -175,6 +176,29 @@ class RLHFCLI(LightningCLI):
         if config.get("trainer") is not None:
             config["trainer"]["strategy"] = strategy_from_flag(config["trainer"].get("strategy", "auto"))
 
+
+
+NOT_HYPERPARAMETERS = ("config", "print_config", "overwrite", "ckpt_path")
+"""Top-level keys of the resolved recipe that say how a run is launched, not what it trains."""
+
+
+def hyperparameters_of(recipe_text: str) -> dict:
+    """The resolved recipe (YAML text, as ``--print_config`` shows it) as the nested dict a tracker records:
+    ``model`` (policy, objective, lr, …), ``data``, ``rollout``, ``trainer`` and ``seed_everything``."""
+    import yaml
+
+    recipe = yaml.safe_load(recipe_text) or {}
+    return {key: value for key, value in recipe.items() if key not in NOT_HYPERPARAMETERS}
+
+
+def log_hyperparameters(loggers, recipe_text: str) -> None:
+    """Record the run's resolved hyperparameters in every logger (W&B run config, TensorBoard and CSV
+    ``hparams.yaml``), so that runs can be compared by learning rate, β, γ or objective."""
+    if not loggers:
+        return
+    hyperparameters = hyperparameters_of(recipe_text)
+    for logger in loggers:
+        logger.log_hyperparams(hyperparameters)
 
 
 NO_LIMIT = {"max_epochs": " (or null)", "max_steps": " (or -1: no limit)",
