@@ -55,6 +55,23 @@ def os_error_in(error: BaseException) -> Optional[OSError]:
     return None
 
 
+def user_file_mode() -> int:
+    """The mode ``open()`` gives a new file under this process's umask (0o644 under the usual 022)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def give_user_file_mode(path: Path) -> None:
+    """``chmod`` the file ``path`` (or every file below the folder ``path``) to :func:`user_file_mode`:
+    temporary-file writers (``mkstemp``, safetensors) create files only their owner can read, which would
+    keep a checkpoint or an exported model from the user's group."""
+    mode = user_file_mode()
+    for file in (path.rglob("*") if path.is_dir() else [path]):
+        if file.is_file() and not file.is_symlink():
+            os.chmod(file, mode)
+
+
 class SafeCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` with a same-folder temp file, fsync and rename for local paths."""
 
@@ -71,6 +88,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
                 torch.save(checkpoint, file)
                 file.flush()
                 os.fsync(file.fileno())
+            give_user_file_mode(Path(temp))
             os.replace(temp, target)
         except Exception as error:  # torch's zip writer may raise its own error on top of the OSError
             Path(temp).unlink(missing_ok=True)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from rlhf_lightning.batches import SequenceBatch
 from rlhf_lightning.checkpoint_io import (OutputNotWritten, install as install_safe_checkpoint_io, nothing_left_to_train,
-                                          os_error_in, state_problem)
+                                          give_user_file_mode, os_error_in, state_problem)
 from rlhf_lightning.critic import load_value_model, sequence_scores, token_values, value_model_parts
 from rlhf_lightning.distributed import FSDP2Strategy, is_sharded, shard, strategy_problems
 from rlhf_lightning.distributed.checkpoints import remove_path, replace_path
@@ -720,6 +720,7 @@ class RLHFModule(LightningModule):
             raise
         if not writer:
             return None
+        give_user_file_mode(partial)
         replace_path(partial, target)
         return target
 

@@ -44,3 +44,24 @@ def test_a_temp_file_left_by_a_killed_writer_is_removed_by_the_next_save(tmp_pat
     stale.write_bytes(b"half of a checkpoint whose writer was killed")
     SafeCheckpointIO().save_checkpoint({"step": 3}, tmp_path / "last.ckpt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+def test_written_files_follow_the_umask_not_the_temp_file_mode(tmp_path):
+    """``give_user_file_mode`` gives the mode ``open()`` would (never wider than the user's umask allows)."""
+    import os
+
+    from rlhf_lightning.checkpoint_io import give_user_file_mode
+
+    folder = tmp_path / "export"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("model.safetensors", "sub/tokenizer.json"):
+        (folder / name).write_text("x")
+        os.chmod(folder / name, 0o600)
+    previous = os.umask(0o027)
+    try:
+        give_user_file_mode(folder)
+    finally:
+        os.umask(previous)
+    assert [oct((folder / name).stat().st_mode & 0o777) for name in ("model.safetensors", "sub/tokenizer.json")] == [
+        "0o640", "0o640"]
+    assert os.umask(previous) == previous  # the umask is left as it was

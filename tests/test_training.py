@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -153,8 +154,12 @@ def test_sampler_shards_ranks_disjointly_and_resumes():
 
 
 def test_export_loads_with_from_pretrained(tiny_model, tiny_data, tmp_path):
-    cli = run_cli(tiny_run_args(tiny_model, tiny_data, tmp_path, batches=2,
-                                extra=["--trainer.callbacks+=rlhf_lightning.callbacks.ExportPolicy"]))
+    umask = os.umask(0o022)  # the usual one: new files 0644
+    try:
+        cli = run_cli(tiny_run_args(tiny_model, tiny_data, tmp_path, batches=2,
+                                    extra=["--trainer.callbacks+=rlhf_lightning.callbacks.ExportPolicy"]))
+    finally:
+        os.umask(umask)
     exported = tmp_path / "policy"
     assert (exported / "model.safetensors").exists()
     loaded = AutoModelForCausalLM.from_pretrained(exported).eval()
@@ -163,6 +168,10 @@ def test_export_loads_with_from_pretrained(tiny_model, tiny_data, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, policy(ids).logits)
     assert json.loads((tmp_path / "summary.json").read_text())["policy_dir"] == str(exported)
+    # readable by the user's group, as any file they write (the temp-file writers create 0600 files)
+    written = [*exported.iterdir(), *tmp_path.rglob("*.ckpt")]
+    assert any(path.suffix == ".ckpt" for path in written)
+    assert {path.name: oct(path.stat().st_mode & 0o777) for path in written} == {path.name: "0o644" for path in written}
 
 
 def test_resumed_run_keeps_the_whole_runs_bookkeeping(tiny_model, tiny_data, tmp_path, recwarn):
