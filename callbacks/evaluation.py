@@ -200,25 +200,26 @@ class WinRateEvaluation(Callback):
             results["sft_win_rate_vs_reference"] = win_rate(gathered[:, 1], gathered[:, 3])
         if proxy_scores is not None:  # the training reward (e.g. a learned reward model) next to the judge's
             results["proxy_reward"] = gathered[:, -1].mean().item()
-        self._log(trainer, results, step)
-        self._log_samples(trainer, prompts, policy_texts, sft_texts, rows, scores, sft_scores, step)
+        self._log(trainer, results, step, split)
+        self._log_samples(trainer, prompts, policy_texts, sft_texts, rows, scores, sft_scores, step, split)
         self.history.append({"rollouts": step, "split": split, **results})
         return results
 
     # ------------------------------------------------------------------ logging
     @rank_zero_only
-    def _log(self, trainer: Trainer, results: dict[str, float], step: int) -> None:
+    def _log(self, trainer: Trainer, results: dict[str, float], step: int, split: str) -> None:
         for logger in trainer.loggers:
             logger.log_metrics({f"eval/{k}": v for k, v in results.items()}, step=logger_step(trainer))
         summary = ", ".join(f"{k}={v:.3f}" for k, v in results.items())
-        print(f"[eval after {step} rollout batches] {summary}", flush=True)
+        print(f"[{split} evaluation after {step} rollout batches] {summary}", flush=True)
 
     @rank_zero_only
-    def _log_samples(self, trainer: Trainer, prompts, policy_texts, sft_texts, rows, scores, sft_scores, step) -> None:
+    def _log_samples(self, trainer: Trainer, prompts, policy_texts, sft_texts, rows, scores, sft_scores, step,
+                     split: str) -> None:
         n = min(self.num_samples_logged, len(prompts))
-        table = [[step, prompts[i], policy_texts[i], round(scores[i].item(), 4), sft_texts[i],
+        table = [[step, split, prompts[i], policy_texts[i], round(scores[i].item(), 4), sft_texts[i],
                   round(sft_scores[i].item(), 4), rows[i].get("reference", "")] for i in range(n)]
-        columns = ["rollouts", "prompt", "policy", "policy_score", "sft", "sft_score", "reference"]
+        columns = ["rollouts", "split", "prompt", "policy", "policy_score", "sft", "sft_score", "reference"]
         for logger in trainer.loggers:
             if hasattr(logger, "log_table"):
                 logger.log_table(key="eval/samples", columns=columns, data=table, step=logger_step(trainer))
