@@ -1,8 +1,9 @@
 """Command line: ``rlhf-lightning run RECIPE.yaml [MORE.yaml ...] [--key value ...]`` (a LightningCLI).
 
 ``run A B`` is shorthand for ``fit --config A --config B`` (later files override earlier ones); the
-folder of every recipe goes on the import path. Every LightningCLI subcommand and flag (``fit``,
-``validate``, ``--print_config``, ``--help``) works as usual.
+folder of every recipe goes on the import path. ``fit`` and its flags (``--print_config``, ``--help``) work as
+in any LightningCLI; ``validate``, ``test`` and ``predict`` are refused with one message (the module has no such
+loops: evaluation runs during training).
 
 Bad input (an unknown key, a wrong type, a missing model or data file, ...) ends in one message
 naming the recipe key and the fix, with exit code 2 and no traceback: parse errors of jsonargparse
@@ -44,19 +45,8 @@ from rlhf_lightning.guards import TrainingInterrupted, TrainingStopped
 from rlhf_lightning.imports import import_object
 from rlhf_lightning.module import RLHFModule
 from rlhf_lightning.run_folder import acquire_lock, finish_run_folder, prepare_run_folder, release_lock
+from rlhf_lightning.usage import NOT_OFFERED, USAGE, not_offered_message
 
-USAGE = """usage: rlhf-lightning run RECIPE.yaml [MORE.yaml ...] [--section.key value ...]
-       rlhf-lightning {fit,validate,test} --config RECIPE.yaml [...]   (any LightningCLI command)
-
-Later recipes override earlier ones; each recipe's folder is put on the import path.
-Bad input ends in one message naming the recipe key and the fix (exit code 2).
-
-examples:
-  rlhf-lightning run recipes/quickstart.yaml
-  rlhf-lightning run recipes/quickstart.yaml recipes/examples/pairwise_hinge.yaml
-  rlhf-lightning run recipes/quickstart.yaml --seed_everything 3 --rollout.kl_coef 0.1
-  rlhf-lightning fit --config recipes/quickstart.yaml --print_config
-"""
 
 
 class RLHFCLI(LightningCLI):
@@ -641,8 +631,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in {"-h", "--help"} and len(argv) == 1:
         print(USAGE)
-        if not argv:
-            raise SystemExit(2)
+        raise SystemExit(0 if argv else 2)
+    if argv[0] in NOT_OFFERED:
+        print(not_offered_message(argv[0]), file=sys.stderr)
+        raise SystemExit(2)
     warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
     try:
         args = translate_args(argv)

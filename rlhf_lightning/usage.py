@@ -1,0 +1,39 @@
+"""The command line's usage text, importable without torch or Lightning (so that ``--help`` is instant)."""
+
+from __future__ import annotations
+
+USAGE = """usage: rlhf-lightning run RECIPE.yaml [MORE.yaml ...] [--section.key value ...]
+       rlhf-lightning fit --config RECIPE.yaml [...]   (LightningCLI's own form of run)
+
+commands:
+  run    train a recipe; later recipes override earlier ones, each recipe's folder is put on the import path
+  fit    the same, in LightningCLI's form (--config per recipe)
+
+Evaluation runs inside training: the WinRateEvaluation callback evaluates on the validation split every
+n rollout batches and on the test split at the end, writing summary.json, eval_history.json,
+eval_curves.png and samples.jsonl to the run folder.
+
+where the options are:
+  rlhf-lightning fit --help                      every section (model, data, rollout, trainer, ...)
+  rlhf-lightning fit --model.help RLHFModule     one class's init arguments (also --data.help, --rollout.help)
+  rlhf-lightning run RECIPE.yaml --print_config  the resolved recipe with every key it can set
+
+Bad input ends in one message naming the recipe key and the fix (exit code 2).
+
+examples:
+  rlhf-lightning run recipes/quickstart.yaml
+  rlhf-lightning run recipes/quickstart.yaml recipes/examples/pairwise_hinge.yaml
+  rlhf-lightning run recipes/quickstart.yaml --seed_everything 3 --rollout.kl_coef 0.1
+  rlhf-lightning fit --config recipes/quickstart.yaml --print_config
+"""
+
+NOT_OFFERED = ("validate", "test", "predict")
+"""LightningCLI subcommands the library does not offer: the module has no validation/test/predict loops."""
+
+
+def not_offered_message(command: str) -> str:
+    """One line for ``rlhf-lightning validate|test|predict``: what to run instead."""
+    return (f"rlhf-lightning: '{command}' is not a command of rlhf-lightning (the module has no {command} loop): "
+            "the evaluation runs during training, by the WinRateEvaluation callback of a recipe (see "
+            "recipes/quickstart.yaml), on the validation split every n rollout batches and on the test split "
+            "at the end; use 'rlhf-lightning run RECIPE.yaml'")
