@@ -45,8 +45,7 @@ from rlhf_lightning.guards import TrainingInterrupted, TrainingStopped
 from rlhf_lightning.imports import import_object
 from rlhf_lightning.module import RLHFModule
 from rlhf_lightning.run_folder import acquire_lock, finish_run_folder, prepare_run_folder, release_lock
-from rlhf_lightning.usage import NOT_OFFERED, USAGE, not_offered_message
-
+from rlhf_lightning.usage import NOT_OFFERED, USAGE, answer_help, not_offered_message
 
 
 class RLHFCLI(LightningCLI):
@@ -165,7 +164,6 @@ class RLHFCLI(LightningCLI):
         apply_output_defaults(config)
         if config.get("trainer") is not None:
             config["trainer"]["strategy"] = strategy_from_flag(config["trainer"].get("strategy", "auto"))
-
 
 
 NOT_HYPERPARAMETERS = ("config", "print_config", "overwrite", "ckpt_path")
@@ -629,9 +627,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     reward, loss or gradient in one message and exit code 3."""
     os.environ.setdefault("WANDB_SILENT", "true")
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in {"-h", "--help"} and len(argv) == 1:
-        print(USAGE)
-        raise SystemExit(0 if argv else 2)
+    answer_help(argv)
     if argv[0] in NOT_OFFERED:
         print(not_offered_message(argv[0]), file=sys.stderr)
         raise SystemExit(2)

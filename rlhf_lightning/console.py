@@ -5,16 +5,14 @@ from __future__ import annotations
 import sys
 from typing import Optional, Sequence
 
-from rlhf_lightning.usage import USAGE
+from rlhf_lightning.usage import answer_help
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Print the usage at once for no arguments (exit code 2) or a bare ``-h``/``--help`` (exit code 0);
     anything else goes to :func:`rlhf_lightning.cli.main`."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv in (["-h"], ["--help"]):
-        print(USAGE)
-        raise SystemExit(0 if argv else 2)
+    answer_help(argv)
     from rlhf_lightning.cli import main as run
 
     run(argv)

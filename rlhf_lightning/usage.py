@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 USAGE = """usage: rlhf-lightning run RECIPE.yaml [MORE.yaml ...] [--section.key value ...]
        rlhf-lightning fit --config RECIPE.yaml [...]   (LightningCLI's own form of run)
 
@@ -37,3 +39,10 @@ def not_offered_message(command: str) -> str:
             "the evaluation runs during training, by the WinRateEvaluation callback of a recipe (see "
             "recipes/quickstart.yaml), on the validation split every n rollout batches and on the test split "
             "at the end; use 'rlhf-lightning run RECIPE.yaml'")
+
+
+def answer_help(argv: Sequence[str]) -> None:
+    """Print :data:`USAGE` and exit for no arguments (exit code 2) or a bare ``-h``/``--help`` (exit code 0)."""
+    if not argv or list(argv) in (["-h"], ["--help"]):
+        print(USAGE)
+        raise SystemExit(0 if argv else 2)
