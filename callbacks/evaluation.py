@@ -11,6 +11,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
+from rlhf_lightning.callbacks.plots import plot_history
 from rlhf_lightning.data.encoding import response_text
 from rlhf_lightning.errors import RecipeError, raise_all
 from rlhf_lightning.guards import require_finite
@@ -112,7 +113,13 @@ class WinRateEvaluation(Callback):
             self.evaluate(trainer, pl_module, split, step=done)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        results = self.evaluate(trainer, pl_module, self.split, step=rollout_batches_done(trainer))
+        self.final_evaluation(trainer, pl_module)
+
+    def final_evaluation(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Evaluate on ``split`` and put the results in the summary; write the history and its plot (the end of
+        training, and the ``evaluate`` command)."""
+        step = rollout_batches_done(trainer) if trainer.state.fn == "fit" else pl_module._rollout_batches
+        results = self.evaluate(trainer, pl_module, self.split, step=step)
         pl_module.summary.update({key: round(value, 4) for key, value in results.items()})
         pl_module.summary["eval_prompts"] = self._num_evaluated
         pl_module.summary["eval_split"] = self.split
@@ -261,46 +268,3 @@ def gather_rows(pl_module: LightningModule, values: Tensor) -> Tensor:
     everything = pl_module.all_gather(padded)  # [world, width, C]
     return torch.cat([everything[r, : int(counts[r])] for r in range(everything.shape[0])]).cpu()
 
-
-def plot_history(history: list[dict], path: Path) -> None:
-    """Reward, KL and win rate against rollout batches (PNG)."""
-    if len(history) < 2:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [h["rollouts"] for h in history]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-    for axis, key, label in zip(axes, ["reward", "kl", "win_rate_vs_sft"], ["judge reward", "KL to reference", "win rate vs SFT"]):
-        axis.plot(steps, [h[key] for h in history], marker="o")
-        axis.set_xlabel("rollout batches")
-        axis.set_title(label)
-        axis.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    if all("proxy_reward" in h for h in history):
-        plot_reward_vs_kl(history, path.with_name("reward_vs_kl.png"))
-
-
-def plot_reward_vs_kl(history: list[dict], path: Path) -> None:
-    """Judge (gold) and proxy (training) reward against KL to the reference over training: the
-    over-optimisation picture (the gold curve bends down while the proxy keeps rising)."""
-    import matplotlib.pyplot as plt
-
-    kl = [h["kl"] for h in history]
-    fig, axis = plt.subplots(figsize=(5.5, 3.8))
-    axis.plot(kl, [h["reward"] for h in history], marker="o", label="gold reward (judge)")
-    axis.plot(kl, [h["proxy_reward"] for h in history], marker="s", label="proxy reward (training reward)")
-    for h, x in zip(history, kl):
-        axis.annotate(str(h["rollouts"]), (x, h["reward"]), fontsize=7, alpha=0.6)
-    axis.set_xlabel("KL(π ‖ π_ref) on held-out prompts")
-    axis.set_ylabel("mean reward")
-    axis.set_title("Reward vs KL over training (labels: rollout batches)")
-    axis.grid(alpha=0.3)
-    axis.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -2,8 +2,9 @@
 
 ``run A B`` is shorthand for ``fit --config A --config B`` (later files override earlier ones); the
 folder of every recipe goes on the import path. ``fit`` and its flags (``--print_config``, ``--help``) work as
-in any LightningCLI; ``validate``, ``test`` and ``predict`` are refused with one message (the module has no such
-loops: evaluation runs during training).
+in any LightningCLI. ``evaluate A ...`` runs LightningCLI's ``validate`` on the recipe to evaluate a checkpoint or
+an exported policy (:mod:`rlhf_lightning.evaluate`); ``generate`` samples from one (:mod:`rlhf_lightning.generate`).
+``validate``, ``test`` and ``predict`` typed as such are refused with one message naming these commands.
 
 Bad input (an unknown key, a wrong type, a missing model or data file, ...) ends in one message
 naming the recipe key and the fix, with exit code 2 and no traceback: parse errors of jsonargparse
@@ -37,10 +38,11 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from rlhf_lightning import __version__
-from rlhf_lightning.callbacks import Rollout
+from rlhf_lightning.callbacks import Rollout, WinRateEvaluation
 from rlhf_lightning.checkpoint_io import OutputNotWritten, read_problem
 from rlhf_lightning.distributed.strategies import strategy_from_flag
 from rlhf_lightning.errors import RecipeError, raise_all
+from rlhf_lightning.evaluate import EvaluationRun, attach_validation_loop, nothing_to_evaluate, prepare_evaluation
 from rlhf_lightning.guards import TrainingInterrupted, TrainingStopped
 from rlhf_lightning.imports import import_object
 from rlhf_lightning.module import RLHFModule
@@ -73,10 +75,35 @@ class RLHFCLI(LightningCLI):
         return super().init_parser(**kwargs)
 
     def parse_arguments(self, parser, args) -> None:
+        skip_none = print_config_request(args)
+        given = args
+        if skip_none is not None:  # shown below, once the run's folders are filled in
+            args = [arg for arg in args if not str(arg).startswith("--print_config")]
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as error:
-            raise explain_parse_error(str(error), _subcommand_parser(parser, args)) from None
+            problem = explain_parse_error(str(error), _subcommand_parser(parser, args))
+            if problem.field == LOGGER_SAVE_DIR and "required" in problem.problem and isinstance(args, list):
+                # CSVLogger, TensorBoardLogger: no default save_dir; it becomes the run folder, as W&B's does
+                return self.parse_arguments(parser, [*given, f"--{LOGGER_SAVE_DIR}", "."])
+            raise problem from None
+        if skip_none is not None:
+            self._print_resolved_config(skip_none)
+
+    def _print_resolved_config(self, skip_none: bool) -> None:
+        """``--print_config``: the resolved recipe with the folders the run will use (the logger's save_dir, the
+        checkpoints' dirpath), then exit."""
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        if subcommand == "validate" and config.get("trainer") is not None:
+            prepare_evaluation(config, Path(default_root_dir(config)))
+        apply_output_defaults(config)
+        shown = config.clone()
+        for key in ("config", "print_config"):
+            if key in shown:
+                del shown[key]
+        print(self._parser(subcommand).dump(shown, skip_none=skip_none, skip_validation=True), end="")
+        raise SystemExit(0)
 
     def before_fit(self) -> None:
         """Keep the run folder to this run (see :mod:`rlhf_lightning.run_folder`), and record in ``summary.json``
@@ -89,6 +116,31 @@ class RLHFCLI(LightningCLI):
             prepare_run_folder(root, resuming=resuming, overwrite=bool(config.get("overwrite")),
                                no_last_checkpoint=config.get("ckpt_path") == "last" and not resuming)
             self._lock = acquire_lock(root)
+        self._record_recipe(config)
+
+    def before_validate(self) -> None:
+        """``rlhf-lightning evaluate`` (see :mod:`rlhf_lightning.evaluate`): the evaluation folder is a run folder
+        of its own; the recipe's evaluations run once at the end of a validation loop."""
+        config = self.config.get(str(self.subcommand), self.config)
+        objective = self.model.objective
+        validation_loss = not objective.needs.rollout and bool(getattr(self.datamodule, "validation_file", None))
+        problem = nothing_to_evaluate(type(objective).__name__, validation_loss,
+                                      any(isinstance(c, WinRateEvaluation) for c in self.trainer.callbacks))
+        if problem is not None:
+            raise problem
+        if rank_zero_only.rank == 0:
+            root = Path(self.trainer.default_root_dir)
+            prepare_run_folder(root, resuming=False, overwrite=bool(config.get("overwrite")))
+            self._lock = acquire_lock(root)
+        source = ({"evaluated_checkpoint": str(config.get("ckpt_path"))} if config.get("ckpt_path")
+                  else {"evaluated_policy_dir": str(config.get("policy_dir"))})
+        self.trainer.callbacks.append(EvaluationRun(source))
+        attach_validation_loop(self.datamodule)
+        self._record_recipe(config)
+
+    def _record_recipe(self, config) -> None:
+        """The resolved recipe to the trackers, and in ``summary.json`` where the run came from: seed, a hash of
+        the resolved recipe, version."""
         text = self._parser(self.subcommand).dump(config, skip_none=False, skip_validation=True)
         log_hyperparameters(self.trainer.loggers, text)
         self.model.summary.update(seed=config.get("seed_everything"),
@@ -147,6 +199,10 @@ class RLHFCLI(LightningCLI):
                  "that is an error): they are moved into .replaced/, deleted when this run succeeds and put back "
                  "if it fails before writing outputs; a resume (--ckpt_path) continues in its folder either way")
         parser.add_argument(
+            "--policy_dir", type=Optional[str], default=None,
+            help="evaluate only: an exported policy directory (e.g. runs/NAME/policy) to evaluate instead of a "
+                 "checkpoint; the recipe's policy is then the reference the win rate and KL compare with")
+        parser.add_argument(
             "--cpu_threads", type=Optional[int], default=None,
             help="torch intra-op threads (torch.set_num_threads). Tiny models on a CPU run far faster "
                  "with 1 thread; null keeps torch's default.")
@@ -159,11 +215,31 @@ class RLHFCLI(LightningCLI):
                 raise RecipeError("cpu_threads", f"must be ≥ 1 or null, got {threads}")
             torch.set_num_threads(threads)
         reject_rollout_in_callbacks(config)
+        raise_all(logger_problems(config.get("trainer") or {}))
         if self.subcommand == "fit":
             raise_all(trainer_problems(config.get("trainer") or {}))
+            if config.get("policy_dir"):
+                raise RecipeError("policy_dir", "is an option of evaluate and generate, not of training",
+                                  "to train from an exported policy set model.init_args.policy.path")
+        if self.subcommand == "validate" and config.get("trainer") is not None:
+            prepare_evaluation(config, Path(default_root_dir(config)))
         apply_output_defaults(config)
         if config.get("trainer") is not None:
             config["trainer"]["strategy"] = strategy_from_flag(config["trainer"].get("strategy", "auto"))
+
+
+LOGGER_SAVE_DIR = "trainer.logger.init_args.save_dir"
+
+
+def print_config_request(args) -> Optional[bool]:
+    """``--print_config`` (→ ``False``) or ``--print_config=skip_null`` (→ ``True``: leave out null values) among
+    ``args``; ``None`` without it, or with another of jsonargparse's variants (jsonargparse prints those)."""
+    if not isinstance(args, list):
+        return None
+    flags = [str(arg) for arg in args if str(arg).startswith("--print_config")]
+    if not flags or any(flag not in ("--print_config", "--print_config=skip_null") for flag in flags):
+        return None
+    return "--print_config=skip_null" in flags
 
 
 NOT_HYPERPARAMETERS = ("config", "print_config", "overwrite", "ckpt_path")
@@ -272,32 +348,66 @@ def reject_rollout_in_callbacks(config) -> None:
                               "(or set single values with --rollout.<key>)")
 
 
+VERSIONED_LOGGERS = ("CSVLogger", "TensorBoardLogger")  # they write to <save_dir>/<name>/version_N
+
+
+def logger_problems(trainer) -> list[RecipeError]:
+    """A logger whose package is missing: one message (Lightning's would come inside a long traceback)."""
+    import importlib.util
+
+    loggers = trainer.get("logger")
+    problems = []
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        class_path = str(logger.get("class_path", "")) if hasattr(logger, "get") else ""
+        if class_path.endswith("TensorBoardLogger") and not any(
+                importlib.util.find_spec(name) for name in ("tensorboard", "tensorboardX")):
+            problems.append(RecipeError("trainer.logger", "TensorBoardLogger needs the tensorboard package, which is "
+                                        "not installed", "pip install -e '.[tensorboard]' (or pip install tensorboard),"
+                                        " or log with lightning.pytorch.loggers.CSVLogger or WandbLogger"))
+    return problems
+
+
+def default_root_dir(config) -> str:
+    """``trainer.default_root_dir``, set to ``runs/<name of the last recipe>`` when the recipe leaves it unset."""
+    trainer = config["trainer"]
+    if not trainer.get("default_root_dir"):
+        recipes = [str(path) for path in (config.get("config") or [])]
+        trainer["default_root_dir"] = os.path.join("runs", run_name(recipes[-1]) if recipes else "default")
+    return trainer["default_root_dir"]
+
+
 def apply_output_defaults(config) -> None:
     """Put every output of a run under ``trainer.default_root_dir``, by default ``runs/<recipe name>``.
 
-    Unset paths get defaults: the W&B/CSV/TensorBoard logger's ``save_dir`` and ``ModelCheckpoint``'s
-    ``dirpath`` (``<root>/checkpoints``). Explicit values are kept. Checkpoints are loaded with
-    ``weights_only=True`` unless the recipe says otherwise.
+    Unset paths get defaults: the W&B/CSV/TensorBoard logger's ``save_dir``, ``ModelCheckpoint``'s
+    ``dirpath`` (``<root>/checkpoints``) and ``ExportPolicy``'s (``<root>/policy``). A CSV or TensorBoard logger
+    whose ``name`` is the run folder's own (carried over from the W&B logger's run name when a recipe switches
+    loggers on the command line) writes to ``<root>/lightning_logs/version_N``, not ``<root>/<name>/version_N``.
+    Explicit values are kept. Checkpoints are loaded with ``weights_only=True`` unless the recipe says otherwise.
     """
     trainer = config.get("trainer")
     if trainer is None:
         return
-    if not trainer.get("default_root_dir"):
-        recipes = [str(path) for path in (config.get("config") or [])]
-        trainer["default_root_dir"] = os.path.join("runs", run_name(recipes[-1]) if recipes else "default")
-    root = trainer["default_root_dir"]
+    root = default_root_dir(config)
     loggers = trainer.get("logger")
     for logger in loggers if isinstance(loggers, list) else [loggers]:
         init_args = logger.get("init_args") if hasattr(logger, "get") else None
-        if init_args is not None and "save_dir" in init_args and init_args.get("save_dir") in (None, "", "."):
+        if init_args is None:
+            continue
+        if "save_dir" in init_args and init_args.get("save_dir") in (None, "", "."):
             init_args["save_dir"] = root
+        versioned = str(logger.get("class_path", "")).endswith(VERSIONED_LOGGERS)
+        if versioned and init_args.get("name") == os.path.basename(os.path.normpath(root)):
+            init_args["name"] = "lightning_logs"
+    defaults = {"ModelCheckpoint": "checkpoints", "ExportPolicy": "policy"}
     for callback in trainer.get("callbacks") or []:
         if not hasattr(callback, "get"):
             continue
-        if str(callback.get("class_path", "")).endswith("ModelCheckpoint"):
-            init_args = callback.get("init_args")
-            if init_args is not None and not init_args.get("dirpath"):
-                init_args["dirpath"] = os.path.join(root, "checkpoints")
+        folder = next((name for kind, name in defaults.items()
+                       if str(callback.get("class_path", "")).endswith(kind)), None)
+        init_args = callback.get("init_args")
+        if folder is not None and init_args is not None and not init_args.get("dirpath"):
+            init_args["dirpath"] = os.path.join(root, folder)
     if "weights_only" in config and config.get("weights_only") is None:
         config["weights_only"] = True
 
@@ -558,13 +668,18 @@ def find_recipe_error(error: BaseException) -> Optional[RecipeError]:
     return None
 
 
-def translate_args(argv: Sequence[str]) -> list[str]:
-    """``run R1.yaml [R2.yaml ...] [--key value ...]`` → ``fit --config R1.yaml --config R2.yaml ...``.
+COMMANDS = {"run": "fit", "evaluate": "validate"}
+"""The library's commands that take recipe files first, and the LightningCLI subcommand each one runs."""
 
-    Later recipes override earlier ones. Anything not starting with ``run`` is passed through.
+
+def translate_args(argv: Sequence[str]) -> list[str]:
+    """``run R1.yaml [R2.yaml ...] [--key value ...]`` → ``fit --config R1.yaml --config R2.yaml ...``, and
+    ``evaluate R1.yaml ...`` → ``validate --config R1.yaml ...`` (see :mod:`rlhf_lightning.evaluate`).
+
+    Later recipes override earlier ones. Anything else is passed through.
     """
     argv = list(argv)
-    if not argv or argv[0] != "run":
+    if not argv or argv[0] not in COMMANDS:
         return argv
     recipes = []
     for arg in argv[1:]:
@@ -582,7 +697,7 @@ def translate_args(argv: Sequence[str]) -> list[str]:
     for recipe in recipes:
         check_recipe_file(recipe)
     configs = [item for recipe in recipes for item in ("--config", recipe)]
-    return ["fit", *configs, *argv[1 + len(recipes):]]
+    return [COMMANDS[argv[0]], *configs, *argv[1 + len(recipes):]]
 
 
 def check_recipe_file(path: str) -> None:
@@ -633,6 +748,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         raise SystemExit(2)
     warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
     try:
+        if argv[0] == "generate":
+            from rlhf_lightning.generate import main as generate
+
+            generate(argv[1:])
+            return
         args = translate_args(argv)
         for folder in recipe_dirs(args):
             if folder not in sys.path:

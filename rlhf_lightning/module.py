@@ -11,7 +11,7 @@ import warnings
 from collections import defaultdict
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional, Union
+from typing import Any, Iterable, Iterator, Literal, Optional, Union
 
 import torch
 from lightning.pytorch import LightningModule
@@ -88,6 +88,13 @@ def peak_memory_mb(device: torch.device) -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def main_loss_key(names: Iterable[str]) -> Optional[str]:
+    """The loss an objective minimises among its metric names: ``loss/total`` when it reports parts, else its one
+    ``loss/<name>`` (``None`` without any)."""
+    losses = [name for name in names if name.startswith("loss/")]
+    return "loss/total" if "loss/total" in losses else (losses[0] if losses else None)
 
 
 class RLHFModule(LightningModule):
@@ -478,6 +485,7 @@ class RLHFModule(LightningModule):
         self._rollout_batches += 1
         metrics["train/lr"] = scheduler.get_last_lr()[0]
         metrics["perf/samples_per_second"] = len(batch) / max(seconds, 1e-9)
+        self._note_train_loss(metrics)
         log_step_metrics(self, metrics)
 
     @torch.no_grad()
@@ -490,6 +498,11 @@ class RLHFModule(LightningModule):
                       batch_size=batch.num_prompts, sync_dist=self.trainer.world_size > 1)
 
     def on_validation_epoch_end(self) -> None:
+        """The validation loss and the objective's own metrics (e.g. ``rm_accuracy``, ``reward_accuracy``) to the
+        summary: the last validation's values are the ones ``summary.json`` keeps."""
+        loss = main_loss_key(k[len("val/"):] for k in self.trainer.callback_metrics if k.startswith("val/loss/"))
+        if loss is not None:
+            self.summary["val_loss"] = round(float(self.trainer.callback_metrics[f"val/{loss}"]), 4)
         for metric, key in self.objective.summary_metrics.items():
             value = self.trainer.callback_metrics.get(f"val/{metric}")
             if value is not None:
@@ -647,6 +660,7 @@ class RLHFModule(LightningModule):
         logged["perf/samples_per_second"] = len(samples) / max(busy, 1e-9)
         logged["train/lr"] = scheduler.get_last_lr()[0]
         logged["train/rollouts"] = float(batch_idx + 1)
+        self._note_train_loss(logged)
         log_step_metrics(self, logged, progress_bar={"reward": "reward/raw"})
         return {"rollout": rollout}
 
@@ -670,6 +684,13 @@ class RLHFModule(LightningModule):
         return samples, batch["pretrain"]
 
     # ------------------------------------------------------------------ run bookkeeping
+    def _note_train_loss(self, metrics: dict) -> None:
+        """Keep the step's loss (the optimised total, ``loss/total`` or the objective's ``loss/<name>``) for the
+        summary's ``train_loss``."""
+        key = main_loss_key(metrics)
+        if key is not None:
+            self.summary["train_loss"] = round(float(metrics[key]), 4)
+
     def on_train_end(self) -> None:
         self.summary["train_seconds"] = round(time.perf_counter() - self._fit_started, 2)
         self.summary["samples_per_second"] = round(self._samples_generated / max(self._busy_seconds, 1e-9), 2)

@@ -68,7 +68,8 @@ class DPO(Objective):
     Metrics (``<ns>`` is :attr:`metric_namespace`): ``loss/<ns>``; ``<ns>/accuracy`` (share of
     pairs with ``h > 0``); ``<ns>/margin`` (mean ``h``, without β); ``<ns>/chosen_reward`` and
     ``<ns>/rejected_reward`` (mean implicit reward ``β·ln(π_θ/π_ref)`` of ``y_w`` / ``y_l``, with the
-    same normalisation and reference as ``h``); ``<ns>/chosen_logprob`` and
+    same normalisation and reference as ``h``); ``<ns>/reward_margin`` (their mean difference, β-scaled like
+    TRL's ``rewards/margins``); ``<ns>/chosen_logprob`` and
     ``<ns>/rejected_logprob`` (mean ``ln π_θ(y|x)``, summed over tokens, to watch both fall).
 
     Args:
@@ -81,6 +82,11 @@ class DPO(Objective):
 
     needs = Needs(rollout=False, reference=True)
     metric_namespace = "dpo"
+
+    @property
+    def summary_metrics(self) -> dict[str, str]:  # validation metric → summary.json key
+        ns = self.metric_namespace
+        return {f"{ns}/accuracy": "reward_accuracy", f"{ns}/reward_margin": "reward_margin"}
 
     def __init__(self, beta: float = 0.05, label_smoothing: float = 0.0, length_normalized: bool = False,
                  reference_free: bool = False) -> None:
@@ -143,6 +149,7 @@ class DPO(Objective):
             f"{ns}/margin": h.mean(),
             f"{ns}/chosen_reward": chosen_reward.mean(),
             f"{ns}/rejected_reward": rejected_reward.mean(),
+            f"{ns}/reward_margin": (chosen_reward - rejected_reward).mean(),
             f"{ns}/chosen_logprob": chosen_logprob.mean(),
             f"{ns}/rejected_logprob": rejected_logprob.mean(),
         }

@@ -63,6 +63,8 @@ class ORPO(Objective):
 
     needs = Needs(rollout=False, reference=False)
 
+    summary_metrics = {"orpo/accuracy": "reward_accuracy", "orpo/log_odds_ratio": "log_odds_ratio"}
+
     def __init__(self, lam: float = 0.1) -> None:
         super().__init__()
         raise_all(number_problems("lam", lam, lambda v: v >= 0, "a number ≥ 0", "the paper uses 0.1"))
