@@ -28,6 +28,7 @@ where the options are:
   rlhf-lightning run RECIPE.yaml --print_config  the resolved recipe with every key it can set
   rlhf-lightning generate --help                 the flags of generate
 
+Settings come from recipes and the command line only: environment variables do not set recipe keys.
 Bad input ends in one message naming the recipe key and the fix (exit code 2).
 
 examples:
