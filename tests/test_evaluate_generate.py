@@ -200,3 +200,24 @@ def test_evaluate_an_offline_run_gives_its_validation_metrics(tiny_model, tmp_pa
     result = json.loads(summary.read_text())
     for key in ("val_loss", "reward_accuracy", "reward_margin"):
         assert result[key] == pytest.approx(trained[key], abs=1e-4), key
+
+
+def test_evaluate_under_two_process_ddp_gives_the_single_process_numbers(trained):
+    import os
+    import subprocess
+    import sys
+
+    tests = Path(__file__).parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")])}
+    folder = trained["base"] / "ddp"
+    args = ["evaluate", trained["recipe"], "--ckpt_path", str(trained["root"] / "checkpoints" / "last.ckpt"),
+            "--trainer.default_root_dir", str(folder), "--trainer.strategy", "ddp", "--trainer.devices", "2",
+            "--trainer.accelerator", "cpu"]
+    result = subprocess.run([sys.executable, "-m", "rlhf_lightning.cli", *args], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((folder / "evaluation" / "last" / "summary.json").read_text())
+    assert summary["eval_prompts"] == 16  # both ranks' prompts gathered
+    for key in EVAL_KEYS:
+        assert summary[key] == trained["summary"][key], key
