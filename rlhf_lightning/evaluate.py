@@ -130,8 +130,9 @@ class EvaluationRun(Callback):
         for evaluation in evaluations:
             evaluation.final_evaluation(trainer, pl_module)
         pl_module.summary.update(self.source)
-        if "evaluated_checkpoint" in self.source:  # the checkpoint counts its run's rollout batches
-            pl_module.summary["rollout_batches"] = pl_module._rollout_batches
+        if "evaluated_checkpoint" in self.source:  # the checkpoint counts its run's batches
+            key = "rollout_batches" if pl_module.objective.needs.rollout else "train_batches"
+            pl_module.summary[key] = pl_module._rollout_batches
         if trainer.is_global_zero:
             pl_module.write_summary()
 

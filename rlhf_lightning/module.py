@@ -693,9 +693,12 @@ class RLHFModule(LightningModule):
 
     def on_train_end(self) -> None:
         self.summary["train_seconds"] = round(time.perf_counter() - self._fit_started, 2)
-        self.summary["samples_per_second"] = round(self._samples_generated / max(self._busy_seconds, 1e-9), 2)
-        self.summary["samples_generated"] = self._samples_generated
-        self.summary["rollout_batches"] = self._rollout_batches
+        # online: rollout batches and generated samples; offline: data batches and the rows (sequences) trained on
+        batches, rows, rate = (("rollout_batches", "samples_generated", "samples_per_second") if self.objective.needs.rollout
+                               else ("train_batches", "train_rows", "rows_per_second"))
+        self.summary[rate] = round(self._samples_generated / max(self._busy_seconds, 1e-9), 2)
+        self.summary[rows] = self._samples_generated
+        self.summary[batches] = self._rollout_batches
         self.summary["seconds_per_batch"] = round(self._busy_seconds / max(self._rollout_batches, 1), 4)
         self.summary["peak_memory_mb"] = round(peak_memory_mb(self.device), 1)
 

@@ -185,6 +185,8 @@ def test_offline_summary_has_the_final_losses_and_the_objectives_metrics(tiny_mo
     result = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert {"train_loss", "val_loss", "reward_accuracy", "reward_margin"} <= set(result), result
     assert result["reward_accuracy"] > 0.5 and result["reward_margin"] > 0 and result["val_loss"] < 0.6931
+    assert result["train_batches"] == 8 and result["train_rows"] == 8 * 4 * 2  # batches × pairs × 2 rows
+    assert result["rows_per_second"] > 0 and not {"rollout_batches", "samples_generated"} & set(result)
 
 
 def test_evaluate_an_offline_run_gives_its_validation_metrics(tiny_model, tmp_path):

@@ -62,7 +62,7 @@ def _run(workspace: Path, recipe: str, *extra: str) -> dict:
 
 
 def test_the_tldr_pipeline_runs_from_hub_ids(workspace):
-    assert _run(workspace, "tldr/sft.yaml")["rollout_batches"] == 2
+    assert _run(workspace, "tldr/sft.yaml")["train_batches"] == 2
     assert "rm_accuracy" in _run(workspace, "tldr/reward_model.yaml")
     for stage in ("tldr/rebel.yaml", "tldr/ppo.yaml", "tldr/dpo.yaml"):
         summary = _run(workspace, stage)
@@ -70,7 +70,7 @@ def test_the_tldr_pipeline_runs_from_hub_ids(workspace):
 
 
 def test_the_chat_dpo_and_verifiable_grpo_recipes_run(workspace):
-    assert _run(workspace, "chat_dpo.yaml")["rollout_batches"] == 2
+    assert _run(workspace, "chat_dpo.yaml")["train_batches"] == 2
     summary = _run(workspace, "grpo_math.yaml", "--rollout.init_args.max_new_tokens", "8",
                    "--model.init_args.objective.init_args.group_size", "2")
     assert {"win_rate_vs_sft", "reward"} <= set(summary)
