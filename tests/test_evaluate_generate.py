@@ -223,3 +223,30 @@ def test_evaluate_under_two_process_ddp_gives_the_single_process_numbers(trained
     assert summary["eval_prompts"] == 16  # both ranks' prompts gathered
     for key in EVAL_KEYS:
         assert summary[key] == trained["summary"][key], key
+
+
+def test_a_lora_checkpoint_evaluates_and_generates_as_it_trained(tiny_model, tiny_data, tmp_path):
+    """The checkpoint holds only the adapter: evaluate and generate put it on the recipe's base model."""
+    root = tmp_path / "lora"
+    recipe = copy.deepcopy(tiny_recipe(tiny_model, tiny_data, root))
+    recipe["model"]["init_args"]["policy"]["lora"] = {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]}
+    recipe["model"]["init_args"]["lr"] = 0.03
+    recipe["model"]["init_args"]["objective"]["init_args"]["inner_epochs"] = 2
+    recipe["trainer"].update(limit_train_batches=6, enable_checkpointing=True)
+    recipe["trainer"]["callbacks"] = [
+        {"class_path": "rlhf_lightning.callbacks.WinRateEvaluation", "init_args": {"max_new_tokens": 6}},
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True, "save_top_k": 0}}]
+    recipe["data"]["init_args"]["test_file"] = str(tiny_data["test"])
+    path = write_recipe(tmp_path / "lora.yaml", recipe)
+    main(["run", path])
+    trained = json.loads((root / "summary.json").read_text())
+    main(["evaluate", path, "--ckpt_path", "last"])
+    result = json.loads((root / "evaluation" / "last" / "summary.json").read_text())
+    for key in EVAL_KEYS:
+        assert result[key] == trained[key], key
+    evaluated = [r for r in samples(root) if r["rollouts"] == 6]
+    assert any(r["policy"] != r["sft"] for r in evaluated)  # the adapter changed the responses
+    prompts = prompt_file(tmp_path / "prompts.jsonl", [r["prompt"] for r in evaluated])
+    out = tmp_path / "out.jsonl"
+    main(["generate", path, "--ckpt_path", "last", "--prompts", prompts, "--output", str(out), "--temperature", "0"])
+    assert [json.loads(line)["response"] for line in out.read_text().splitlines()] == [r["policy"] for r in evaluated]
