@@ -250,3 +250,19 @@ def test_a_lora_checkpoint_evaluates_and_generates_as_it_trained(tiny_model, tin
     out = tmp_path / "out.jsonl"
     main(["generate", path, "--ckpt_path", "last", "--prompts", prompts, "--output", str(out), "--temperature", "0"])
     assert [json.loads(line)["response"] for line in out.read_text().splitlines()] == [r["policy"] for r in evaluated]
+
+
+def test_generate_renders_chat_prompts_with_the_chat_template(tmp_path, tiny_model, capsys):
+    from runs import chat_model_dir
+
+    chat = chat_model_dir(tmp_path)
+    messages = [{"role": "user", "content": "say cat"}]
+    prompts = tmp_path / "chat.jsonl"
+    prompts.write_text(json.dumps({"prompt": messages}) + "\n")
+    assert generate(["--policy_dir", str(chat), "--prompts", str(prompts), "--max_new_tokens", "3"]) == 1
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["prompt"] == messages and row["response_tokens"] <= 3
+    with pytest.raises(SystemExit):  # the tiny tokenizer has no chat template
+        main(["generate", "--policy_dir", str(tiny_model), "--prompts", str(prompts)])
+    assert "--prompts: prompt 0: the prompt is a list of chat messages, but the tokenizer has no chat template" in \
+        capsys.readouterr().err
