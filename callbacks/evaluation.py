@@ -94,9 +94,8 @@ class WinRateEvaluation(Callback):
     def _check_eval_rows(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Before training: the held-out prompts exist and hold every column the judge (and the training
         reward, tracked as the proxy) asks for."""
-        splits = [self.split] + (["validation"] if self.every_n_rollouts and "validation" in
-                                 getattr(trainer.datamodule, "splits", {}) else [])
-        for split in splits:
+        splits = [self.split] + ([self.periodic_split(trainer.datamodule)] if self.every_n_rollouts else [])
+        for split in dict.fromkeys(splits):
             rows = trainer.datamodule.eval_rows(split, self.num_prompts)  # a RecipeError naming the field if missing
             available = list(rows[0].get("columns", {})) if rows else []
             if rows and all("input_ids" in row for row in rows):
@@ -109,8 +108,14 @@ class WinRateEvaluation(Callback):
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         done = rollout_batches_done(trainer)
         if self.every_n_rollouts and done % self.every_n_rollouts == 0:
-            split = "validation" if "validation" in trainer.datamodule.splits else self.split
-            self.evaluate(trainer, pl_module, split, step=done)
+            self.evaluate(trainer, pl_module, self.periodic_split(trainer.datamodule), step=done)
+
+    def periodic_split(self, datamodule) -> str:
+        """The split of the evaluations during training: ``validation`` when the data has validation prompts,
+        else :attr:`split`. An offline data module's validation split holds training-format rows (pairs, SFT
+        examples), and its evaluations always read ``eval_prompt_file``: they are labelled :attr:`split`."""
+        offline = hasattr(datamodule, "eval_prompts")
+        return "validation" if "validation" in getattr(datamodule, "splits", {}) and not offline else self.split
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.final_evaluation(trainer, pl_module)

@@ -188,6 +188,7 @@ class RLHFModule(LightningModule):
         self._rollout_batches = 0
         self._busy_seconds = 0.0
         self._fit_started = 0.0
+        self._seconds_before_resume = 0.0  # training time of the processes before a resume, up to its checkpoint
 
     # ------------------------------------------------------------------ models
     def configure_model(self) -> None:
@@ -691,8 +692,12 @@ class RLHFModule(LightningModule):
         if key is not None:
             self.summary["train_loss"] = round(float(metrics[key]), 4)
 
+    def _train_seconds(self) -> float:
+        """Training time of the whole run: this process's, and a resumed run's before its checkpoint."""
+        return self._seconds_before_resume + (time.perf_counter() - self._fit_started if self._fit_started else 0.0)
+
     def on_train_end(self) -> None:
-        self.summary["train_seconds"] = round(time.perf_counter() - self._fit_started, 2)
+        self.summary["train_seconds"] = round(self._train_seconds(), 2)
         # online: rollout batches and generated samples; offline: data batches and the rows (sequences) trained on
         batches, rows, rate = (("rollout_batches", "samples_generated", "samples_per_second") if self.objective.needs.rollout
                                else ("train_batches", "train_rows", "rows_per_second"))
@@ -762,7 +767,8 @@ class RLHFModule(LightningModule):
         for key in self.reloaded_from_path() & set(state):
             del state[key]
         checkpoint["run_counters"] = {"samples_generated": self._samples_generated,
-                                      "rollout_batches": self._rollout_batches, "busy_seconds": self._busy_seconds}
+                                      "rollout_batches": self._rollout_batches, "busy_seconds": self._busy_seconds,
+                                      "train_seconds": self._train_seconds()}
         checkpoint["rng_states"] = {
             "torch": torch.get_rng_state(),
             "python": list(random.getstate()[1]),
@@ -792,6 +798,7 @@ class RLHFModule(LightningModule):
             self._samples_generated = int(counters["samples_generated"])
             self._rollout_batches = int(counters["rollout_batches"])
             self._busy_seconds = float(counters["busy_seconds"])
+            self._seconds_before_resume = float(counters.get("train_seconds", 0.0))
         rng = checkpoint.get("rng_states")
         if rng:
             torch.set_rng_state(rng["torch"])

@@ -18,7 +18,8 @@ from pathlib import Path
 from rlhf_lightning.distributed.checkpoints import remove_path
 from rlhf_lightning.errors import RecipeError
 
-OUTPUTS = ("summary.json", "policy", "eval_history.json", "eval_curves.png", "samples.jsonl", "checkpoints")
+OUTPUTS = ("summary.json", "policy", "eval_history.json", "eval_curves.png", "reward_vs_kl.png", "samples.jsonl",
+           "checkpoints", "evaluation")
 LOCK = ".run.lock"
 REPLACED = ".replaced"
 CONFIG = "config.yaml"  # written by LightningCLI at setup

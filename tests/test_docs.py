@@ -420,6 +420,7 @@ def module_summary_keys(objective) -> set[str]:
     module = SimpleNamespace(summary={}, objective=objective, _fit_started=0.0, _samples_generated=4,
                              _busy_seconds=1.0, _rollout_batches=2, device=torch.device("cpu"),
                              trainer=SimpleNamespace(callback_metrics=metrics))
+    module._train_seconds = lambda: 1.0
     RLHFModule.on_train_end(module)
     RLHFModule.on_validation_epoch_end(module)
     return set(module.summary)

@@ -266,3 +266,13 @@ def test_generate_renders_chat_prompts_with_the_chat_template(tmp_path, tiny_mod
         main(["generate", "--policy_dir", str(tiny_model), "--prompts", str(prompts)])
     assert "--prompts: prompt 0: the prompt is a list of chat messages, but the tokenizer has no chat template" in \
         capsys.readouterr().err
+
+
+def test_offline_evaluations_during_training_are_labelled_with_the_prompts_they_read(tiny_model, tmp_path):
+    """An offline module's validation split holds pairs; its evaluations read eval_prompt_file: one label."""
+    files = offline_files(tmp_path / "data")
+    dpo = ["--model.objective", "rlhf_lightning.objectives.DPO"]
+    run_cli(offline_args(tiny_model, files, tmp_path / "run", dpo, validation=True,
+                         extra=["--trainer.callbacks.every_n_rollouts", "4"]))
+    history = json.loads((tmp_path / "run" / "eval_history.json").read_text())
+    assert [(h["rollouts"], h["split"]) for h in history] == [(4, "test"), (8, "test"), (8, "test")]

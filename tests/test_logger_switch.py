@@ -93,3 +93,23 @@ def test_print_config_of_evaluate_shows_the_evaluation_folder(tiny_model, tiny_d
     assert shown["trainer"]["default_root_dir"] == str(root / "evaluation" / "last")
     assert shown["ckpt_path"] == str(root / "checkpoints" / "last.ckpt")
     assert shown["trainer"]["callbacks"] == []  # checkpointing and export only act in training
+
+
+@pytest.mark.parametrize("key, value", [("optimizer", "torch.optim.SGD"),
+                                        ("lr_scheduler", "torch.optim.lr_scheduler.ConstantLR")])
+def test_lightningclis_optimizer_keys_are_refused(tiny_model, tiny_data, tmp_path, capsys, key, value):
+    recipe = write(tmp_path / "r.yaml", wandb_recipe(tiny_model, tiny_data, tmp_path / "run"))
+    with pytest.raises(SystemExit) as stop:
+        main(["run", recipe, f"--{key}", value])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err
+    assert f"{key}: is not used: RLHFModule builds and steps its own optimizer" in err
+
+
+def test_the_run_folder_holds_its_recipe_whatever_the_logger(tiny_model, tiny_data, tmp_path):
+    root = tmp_path / "quick"
+    recipe = write(tmp_path / "quick.yaml", wandb_recipe(tiny_model, tiny_data, root))
+    main(["run", recipe, "--trainer.logger", "lightning.pytorch.loggers.CSVLogger"])
+    saved = yaml.safe_load((root / "config.yaml").read_text())
+    assert saved["trainer"]["logger"]["class_path"].endswith("CSVLogger")
+    assert not list(root.glob("lightning_logs/*/config.yaml"))

@@ -188,9 +188,11 @@ def test_resumed_run_keeps_the_whole_runs_bookkeeping(tiny_model, tiny_data, tmp
     crash_root = tmp_path / "crash"
     with pytest.raises(RuntimeError, match="simulated crash"):
         fit_with_callbacks(args(crash_root), CrashAt(3))
+    before = torch.load(crash_root / "checkpoints" / "last.ckpt", weights_only=True)["run_counters"]["train_seconds"]
     run_cli(args(crash_root) + ["--ckpt_path", str(crash_root / "checkpoints" / "last.ckpt")])
     full_summary, resumed_summary = (json.loads((root / "summary.json").read_text())
                                      for root in (tmp_path / "full", crash_root))
+    assert 0 < before < resumed_summary["train_seconds"]  # the time before the crash counts
     assert resumed_summary["rollout_batches"] == full_summary["rollout_batches"] == 6
     assert resumed_summary["samples_generated"] == full_summary["samples_generated"]
     full_history, resumed_history = (json.loads((root / "eval_history.json").read_text())
