@@ -32,7 +32,7 @@ from typing import Optional, Sequence
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -50,18 +50,40 @@ from rlhf_lightning.run_folder import acquire_lock, finish_run_folder, prepare_r
 from rlhf_lightning.usage import NOT_OFFERED, USAGE, answer_help, not_offered_message
 
 
+class SaveRunConfig(SaveConfigCallback):
+    """The resolved recipe as ``<trainer.default_root_dir>/config.yaml``, whatever the logger (LightningCLI writes
+    it to the logger's ``log_dir``, for CSV and TensorBoard ``lightning_logs/version_N``), so that every run
+    folder holds its recipe next to its outputs."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.already_saved:
+            return
+        if trainer.is_global_zero:
+            root = Path(trainer.default_root_dir)
+            root.mkdir(parents=True, exist_ok=True)
+            self.parser.save(self.config, str(root / self.config_filename), skip_none=False, overwrite=True,
+                             multifile=self.multifile)
+            self.save_config(trainer, pl_module, stage)
+            self.already_saved = True
+
+
 class RLHFCLI(LightningCLI):
     """LightningCLI with the library's defaults: any ``RLHFModule`` subclass and any data module."""
 
     def __init__(self, args: Optional[Sequence[str]] = None, run: bool = True) -> None:
+        from rlhf_lightning.progress import DefaultProgressBar
+
         super().__init__(
             RLHFModule,
             LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
             seed_everything_default=0,
+            save_config_callback=SaveRunConfig,
             save_config_kwargs={"overwrite": True},
-            trainer_defaults={"use_distributed_sampler": False},
+            # DefaultProgressBar: plain progress lines instead of Lightning's default bar outside a terminal; not a
+            # progress bar itself, so a recipe's own bar and enable_progress_bar: false work as in Lightning
+            trainer_defaults={"use_distributed_sampler": False, "callbacks": [DefaultProgressBar()]},
             parser_kwargs={"default_env": False},
             args=args,
             run=run,
@@ -215,7 +237,7 @@ class RLHFCLI(LightningCLI):
                 raise RecipeError("cpu_threads", f"must be ≥ 1 or null, got {threads}")
             torch.set_num_threads(threads)
         reject_rollout_in_callbacks(config)
-        raise_all(logger_problems(config.get("trainer") or {}))
+        raise_all(logger_problems(config.get("trainer") or {}) + optimizer_problems(config))
         if self.subcommand == "fit":
             raise_all(trainer_problems(config.get("trainer") or {}))
             if config.get("policy_dir"):
@@ -365,6 +387,15 @@ def logger_problems(trainer) -> list[RecipeError]:
                                         "not installed", "pip install -e '.[tensorboard]' (or pip install tensorboard),"
                                         " or log with lightning.pytorch.loggers.CSVLogger or WandbLogger"))
     return problems
+
+
+def optimizer_problems(config) -> list[RecipeError]:
+    """LightningCLI's top-level ``optimizer``/``lr_scheduler`` would replace the module's own optimisation (AdamW
+    over the policy and critic with its schedule, stepped by the module), and fail far from the recipe."""
+    fixes = {"optimizer": "set model.init_args.lr, critic_lr and weight_decay (AdamW)",
+             "lr_scheduler": "set model.init_args.lr_schedule (constant, linear, cosine) and warmup_steps"}
+    return [RecipeError(key, "is not used: RLHFModule builds and steps its own optimizer and schedule", fix)
+            for key, fix in fixes.items() if config.get(key) is not None]
 
 
 def default_root_dir(config) -> str:
@@ -737,6 +768,16 @@ def recipe_dirs(args: Sequence[str]) -> list[str]:
     return dirs
 
 
+def recipe_classes(recipes: Sequence[str], overrides: Sequence[str]) -> RLHFCLI:
+    """The recipes' classes, parsed and checked as ``run`` parses them, instantiated, nothing run (used by
+    ``generate``); a class next to a recipe imports by its name, as in ``run``."""
+    args = translate_args(["run", *recipes, *overrides])
+    for folder in recipe_dirs(args):
+        if folder not in sys.path:
+            sys.path.append(folder)
+    return RLHFCLI(args=args[1:], run=False)  # without a subcommand: run=False parses the recipe alone
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Console entry point; bad input ends in one clear message and exit code 2, a run stopped by a non-finite
     reward, loss or gradient in one message and exit code 3."""
@@ -747,11 +788,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(not_offered_message(argv[0]), file=sys.stderr)
         raise SystemExit(2)
     warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
+    from rlhf_lightning.quiet import silence_known_noise
+
+    silence_known_noise()  # the known irrelevant warnings of every run (see rlhf_lightning.quiet)
     try:
         if argv[0] == "generate":
             from rlhf_lightning.generate import main as generate
 
-            generate(argv[1:])
+            generate(argv[1:], recipe_classes=recipe_classes)
             return
         args = translate_args(argv)
         for folder in recipe_dirs(args):

@@ -22,13 +22,14 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, TextIO
+from typing import Any, Callable, Iterator, Optional, Sequence, TextIO
 
 from rlhf_lightning.errors import RecipeError
 
 USAGE = ("rlhf-lightning generate [RECIPE.yaml ...] (--policy_dir DIR | --ckpt_path CKPT) [--prompts FILE|-] "
          "[--output FILE] [options] [--section.key value ...]")
 SAMPLING_FLAGS = ("max_new_tokens", "temperature", "top_p", "top_k")
+RecipeClasses = Callable[[Sequence[str], Sequence[str]], Any]  # (recipe files, --key value overrides) → LightningCLI
 
 
 def argument_parser() -> argparse.ArgumentParser:
@@ -99,17 +100,6 @@ def line_row(line: str, column: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- the policy
-def recipe_cli(recipes: Sequence[str], overrides: Sequence[str]):
-    """The recipe's classes (no logger, nothing trained), parsed and checked as ``run`` parses them."""
-    from rlhf_lightning.cli import RLHFCLI, recipe_dirs, translate_args
-
-    args = translate_args(["run", *recipes, *overrides, "--trainer.logger", "false"])
-    for folder in recipe_dirs(args):  # a class next to a recipe imports by its name, as in run
-        if folder not in sys.path:
-            sys.path.append(folder)
-    return RLHFCLI(args=args[1:], run=False)  # without a subcommand: run=False parses the recipe alone
-
-
 def checkpoint_policy_state(path: Path) -> dict:
     """The policy's weights in a Lightning checkpoint file (``policy.*`` keys, the prefix removed)."""
     import torch
@@ -127,13 +117,13 @@ def checkpoint_policy_state(path: Path) -> dict:
     return state
 
 
-def load_from_recipe(options: argparse.Namespace, overrides: Sequence[str]) -> LoadedPolicy:
+def load_from_recipe(options: argparse.Namespace, overrides: Sequence[str], recipe_classes: RecipeClasses) -> LoadedPolicy:
     from rlhf_lightning.callbacks import Rollout
     from rlhf_lightning.evaluate import checkpoint_file, policy_directory
     from rlhf_lightning.generation import SamplingParams
     from rlhf_lightning.models import load_causal_lm
 
-    cli = recipe_cli(options.recipes, overrides)
+    cli = recipe_classes(options.recipes, [*overrides, "--trainer.logger", "false"])
     module = cli.model
     if module.objective.needs.head != "causal_lm":
         raise RecipeError("model.init_args.objective", f"{type(module.objective).__name__} trains a scalar "
@@ -241,8 +231,12 @@ def write_rows(rows: Iterator[dict], output: str, overwrite: bool, total: int) -
     return count
 
 
-def main(argv: Sequence[str], stdin: Optional[TextIO] = None) -> int:
-    """``rlhf-lightning generate ...`` (``argv`` without the command name); returns the rows written."""
+def main(argv: Sequence[str], recipe_classes: Optional[RecipeClasses] = None, stdin: Optional[TextIO] = None) -> int:
+    """``rlhf-lightning generate ...`` (``argv`` without the command name); returns the rows written.
+
+    ``recipe_classes(recipes, overrides)`` parses recipes as ``run`` does and returns the LightningCLI with the
+    classes instantiated (:func:`rlhf_lightning.cli.recipe_classes`; passed in by the CLI, which imports this
+    module, so that the two do not import each other)."""
     import torch
 
     options, overrides = argument_parser().parse_known_args(list(argv))
@@ -258,7 +252,9 @@ def main(argv: Sequence[str], stdin: Optional[TextIO] = None) -> int:
     if options.batch_size < 1:
         raise RecipeError("--batch_size", f"must be ≥ 1, got {options.batch_size}")
     rows = read_prompts(options.prompts, options.prompt_column, stdin or sys.stdin)
-    policy = load_from_recipe(options, overrides) if options.recipes else load_directory(options)
+    if options.recipes and recipe_classes is None:
+        raise ValueError("generate with a recipe needs recipe_classes (rlhf_lightning.cli.recipe_classes)")
+    policy = load_from_recipe(options, overrides, recipe_classes) if options.recipes else load_directory(options)
     sampling = sampling_of(options, policy.sampling)
     device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     policy.model.to(device).eval()

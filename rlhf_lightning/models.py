@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from rlhf_lightning.errors import RecipeError, raise_all
+from rlhf_lightning.quiet import first_report
 from rlhf_lightning.model_checks import HUB_FIX, is_hub_id  # noqa: F401  (also imported from here)
 from rlhf_lightning.model_checks import (adapter_problem, causal_lm_problem, config_problems, embedding_rows,
                                          first_line, load_error, loading_problems, lora_problems,
@@ -99,8 +100,10 @@ def check_model_path(path: str, field: str) -> None:
 
 
 def load_tokenizer(path: str, field: str, trust_remote_code: bool = False,
-                   padding_side: str = "left", revision: Optional[str] = None):
-    """Load a tokenizer (a directory or a hub id); a missing pad token is set to EOS with a warning."""
+                   padding_side: str = "left", revision: Optional[str] = None, warn_no_pad: bool = True):
+    """Load a tokenizer (a directory or a hub id); a missing pad token is set to EOS with a warning, given once
+    per tokenizer in a run (a run loads the policy's tokenizer for the model and for the data);
+    ``warn_no_pad=False`` for a load whose warnings are hidden anyway (then a later load still warns)."""
     from transformers import AutoTokenizer
 
     p = Path(path)
@@ -127,8 +130,9 @@ def load_tokenizer(path: str, field: str, trust_remote_code: bool = False,
         raise RecipeError(field, f"the tokenizer at '{path}' has no EOS token",
                           "set eos_token in its tokenizer_config.json; responses end at EOS")
     if tokenizer.pad_token_id is None:
-        warnings.warn(f"tokenizer at '{path}' has no pad token; using EOS ('{tokenizer.eos_token}') as pad",
-                      stacklevel=2)
+        if warn_no_pad and first_report(("no pad token", str(p.resolve()) if p.is_dir() else path, revision)):
+            warnings.warn(f"tokenizer at '{path}' has no pad token; using EOS ('{tokenizer.eos_token}') as pad",
+                          stacklevel=2)
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = padding_side
     return tokenizer
@@ -250,7 +254,8 @@ def _own_tokenizer(config: "ModelConfig", field: str):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return load_tokenizer(config.tokenizer or config.path, f"{field}.path", config.trust_remote_code,
-                                  revision=config.revision if config.tokenizer is None else None)
+                                  revision=config.revision if config.tokenizer is None else None,
+                                  warn_no_pad=False)
     except RecipeError:
         return None
 

@@ -7,10 +7,10 @@ from typing import Callable
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from rlhf_lightning.batches import SequenceBatch
 from rlhf_lightning.errors import RecipeError
+from rlhf_lightning.progress import progress_bar
 
 ReferenceLogprobs = Callable[[Tensor, Tensor, int], Tensor]  # (input_ids, attention_mask, P) → ln π_ref [N, R]
 
@@ -39,8 +39,9 @@ class ReferenceCache:
         cache = cls()
         rows = datamodule.splits["train"]
         size = datamodule.batch_size
-        for start in tqdm(range(0, len(rows), size), desc="reference log-probs", leave=False,
-                          disable=not show_progress):
+        # (in a terminal the bar goes when done: it runs under Lightning's training bar, which has started)
+        for start in progress_bar(range(0, len(rows), size), desc="reference log-probs", unit="batches",
+                                  disable=not show_progress, leave=False):
             batch = datamodule.collate(rows[start:start + size]).to(device)
             logprobs = reference_logprobs(batch.input_ids, batch.attention_mask, batch.prompt_length)
             lengths = batch.response_mask.sum(-1).long().tolist()

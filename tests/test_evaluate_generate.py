@@ -134,12 +134,12 @@ def test_generate_reproduces_the_evaluations_greedy_responses(trained, tmp_path)
 
 def test_generate_takes_the_recipes_sampling_and_the_flags_over_it(trained, tmp_path, capsys):
     prompts = prompt_file(tmp_path / "prompts.jsonl", ["say : cat dog", "say : sun moon"])
-    generate([trained["recipe"], "--ckpt_path", "last", "--prompts", prompts, "--num_samples", "3"])
+    main(["generate", trained["recipe"], "--ckpt_path", "last", "--prompts", prompts, "--num_samples", "3"])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert len(rows) == 6 and [r["sample"] for r in rows] == [0, 1, 2] * 2
     assert max(r["response_tokens"] for r in rows) <= 6  # the recipe's rollout.max_new_tokens
-    generate([trained["recipe"], "--ckpt_path", "last", "--prompts", prompts, "--max_new_tokens", "2",
-              "--rollout.max_new_tokens", "5"])
+    main(["generate", trained["recipe"], "--ckpt_path", "last", "--prompts", prompts, "--max_new_tokens", "2",
+          "--rollout.max_new_tokens", "5"])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert len(rows) == 2 and max(r["response_tokens"] for r in rows) <= 2
 

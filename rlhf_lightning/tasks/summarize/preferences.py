@@ -52,6 +52,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf_lightning.errors import RecipeError, raise_all
+from rlhf_lightning.progress import progress_bar
 from rlhf_lightning.tasks.summarize.build import (
     SPLITS,
     VERSION,
@@ -239,7 +240,6 @@ def _build(files: PreferenceFiles, task: TaskFiles, params: dict, progress: bool
     if not stale:
         return
 
-    from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("building preference pairs in %s (splits: %s)", files.root, stale)
@@ -247,8 +247,8 @@ def _build(files: PreferenceFiles, task: TaskFiles, params: dict, progress: bool
     model = AutoModelForCausalLM.from_pretrained(task.sft)
     tokenizer = AutoTokenizer.from_pretrained(task.sft)
     digests, counts = dict(digests), dict(counts)
-    bar = tqdm(total=sum(params["pairs"][name] for name in stale), desc="preference pairs", unit="pair",
-               disable=not progress, leave=False)
+    bar = progress_bar(total=sum(params["pairs"][name] for name in stale), desc="preference pairs", unit="pairs",
+                       disable=not progress)
     try:
         for name in stale:
             pairs, counts[name] = _sample_pairs(model, tokenizer, read_split(task.split(name)), name, params, bar)

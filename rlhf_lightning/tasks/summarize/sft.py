@@ -97,7 +97,7 @@ def train_sft(
     progress: bool = True,
 ) -> list[float]:
     """Fine-tune ``model`` in place on ``examples``; returns the per-step training losses."""
-    from tqdm.auto import tqdm
+    from rlhf_lightning.progress import progress_bar
 
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
@@ -107,7 +107,7 @@ def train_sft(
     order: list[int] = []
     losses: list[float] = []
     model.train()
-    bar = tqdm(range(config.steps), desc="SFT warm start", disable=not progress, leave=False)
+    bar = progress_bar(range(config.steps), desc="SFT warm start", unit="steps", disable=not progress)
     for _ in bar:
         if len(order) < config.batch_size:
             order += torch.randperm(len(examples), generator=generator).tolist()
