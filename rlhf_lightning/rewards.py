@@ -11,6 +11,7 @@ may also be a list of :class:`RewardTerm` (weighted sources, summed by :class:`W
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from abc import ABC, abstractmethod
@@ -63,7 +64,26 @@ def win_rate(scores: torch.Tensor, other_scores: torch.Tensor) -> float:
 
 
 class RewardSource(ABC):
-    """Base class: ``score(prompts, responses, **columns) -> Tensor[N]`` (float32, one reward per pair)."""
+    """Base class: ``score(prompts, responses, **columns) -> Tensor[N]`` (float32, one reward per pair).
+
+    What a source returns is checked where the rollout and the evaluation call it (:meth:`score_terms`, also
+    when a subclass overrides it): anything but ``N`` numbers (shape ``[N]``, or ``[N, 1]``) is a
+    :class:`RecipeError` naming the class, not PyTorch's reshape error.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("score_terms")
+        if own is not None and not getattr(own, "_checks_shape", False):  # an override is checked as well
+            @functools.wraps(own)
+            def score_terms(self, prompts, responses, group_size, **columns):
+                scores, parts = own(self, prompts, responses, group_size, **columns)
+                count = len(responses)
+                return (checked_scores(scores, count, self, "score_terms"),
+                        {name: checked_scores(part, count, self, "score_terms") for name, part in parts.items()})
+
+            score_terms._checks_shape = True
+            cls.score_terms = score_terms
 
     def setup(self, device: torch.device) -> None:
         """Load models and move them to ``device``; called once by ``RLHFModule`` before training."""
@@ -89,7 +109,10 @@ class RewardSource(ABC):
                     **columns: Sequence[Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The reward ``[N]`` and its named parts (empty for a single source; see :class:`WeightedRewards`)."""
         scores = self.score_groups(prompts, responses, group_size, **accepted_columns(self.score_groups, columns))
-        return torch.as_tensor(scores, dtype=torch.float32).reshape(len(responses)), {}
+        method = "score_groups" if type(self).score_groups is not RewardSource.score_groups else "score"
+        return checked_scores(scores, len(responses), self, method), {}
+
+    score_terms._checks_shape = True
 
     def missing_columns(self, available: Sequence[str]) -> list[str]:
         """Data columns this source needs that ``available`` lacks (checked before training)."""
@@ -154,19 +177,65 @@ def takes_prompts_and_responses(fn: Callable) -> bool:
     return len(positional) >= 2 and not unfillable  # later parameters are filled by name from data columns
 
 
-def reward_values(values: Any, count: int, function: str) -> torch.Tensor:
-    """A reward function's output as ``[count]`` floats; one clear error for another length or non-numbers."""
-    field = "model.init_args.reward.init_args.function"
+def value_kinds(values: Any) -> str:
+    """``"str"``, ``"NoneType, float"``: the types of what a user's code returned, for messages."""
+    if isinstance(values, (list, tuple)):
+        return ", ".join(sorted({type(v).__name__ for v in values})) or "no"
+    return type(values).__name__
+
+
+def as_float_tensor(values: Any) -> Optional[torch.Tensor]:
+    """``values`` as a float32 tensor (its own shape, its own device), or None when they are not numbers."""
     try:
-        tensor = torch.as_tensor(values, dtype=torch.float32).reshape(-1)
-    except (TypeError, ValueError, RuntimeError):
-        kinds = sorted({type(v).__name__ for v in values}) if isinstance(values, (list, tuple)) else [type(values).__name__]
-        raise RecipeError(field, f"'{function}' must return one number per response, got {', '.join(kinds)} values",
-                          "return a list of floats, one per response") from None
+        return torch.as_tensor(values, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        return None
+
+
+def shape_text(tensor: torch.Tensor) -> str:
+    return "[" + ", ".join(str(size) for size in tensor.shape) + "]"
+
+
+def reward_values(values: Any, count: int, function: str) -> torch.Tensor:
+    """A reward function's output as ``[count]`` floats: a flat list (tuple, ...) or a 1-D tensor/array of one
+    number per response. One clear error for another length, a nested list or a tensor of another shape, a
+    single number, or non-numbers; NaN and ±inf are numbers, left to the finiteness guard
+    (:mod:`~rlhf_lightning.guards`)."""
+    field = "model.init_args.reward.init_args.function"
+    tensor = as_float_tensor(values)
+    if tensor is None:
+        raise RecipeError(field, f"'{function}' must return one number per response, got {value_kinds(values)} values",
+                          "return a list of floats, one per response")
+    fix = f"return a flat list (or a 1-D tensor or array) of {count} floats, one per response, in their order"
+    if tensor.dim() == 0:
+        raise RecipeError(field, f"'{function}' returned 1 rewards for {count} responses (a single "
+                                 f"{type(values).__name__}, not a list of them)", fix)
+    if tensor.dim() > 1:
+        raise RecipeError(field, f"'{function}' returned {tensor.numel()} rewards for {count} responses, nested as "
+                                 f"shape {shape_text(tensor)} instead of [{count}]", fix)
     if tensor.shape[0] != count:
         raise RecipeError(field, f"'{function}' returned {tensor.shape[0]} rewards for {count} responses",
                           "return one float per response, in the order of the responses")
     return tensor
+
+
+def checked_scores(values: Any, count: int, source: Any, method: str, unit: str = "response",
+                   fix: Optional[str] = None) -> torch.Tensor:
+    """A source's values as ``[count]`` float32 (on their device): shape ``[count]``, or ``[count, 1]`` (a column
+    of logits); anything else (another number of values, ``[2, 2]`` for 4 responses, non-numbers) is a
+    :class:`RecipeError` naming the source's class. ``unit``: what one value is for (``response``, ``pair``)."""
+    name = type(source).__name__
+    tensor = values.detach().float() if isinstance(values, torch.Tensor) else as_float_tensor(values)
+    fix = fix or f"make {name}.{method} return one float per {unit}: a tensor of shape [N], in the order of the {unit}s"
+    if tensor is None:
+        raise RecipeError("model.init_args.reward", f"{name}.{method} must return one number per {unit}, got "
+                                                    f"{value_kinds(values)} values", fix)
+    squeezable = tensor.dim() <= 1 or all(size == 1 for size in tensor.shape[1:])
+    if tensor.numel() != count or not squeezable:
+        got = f"shape {shape_text(tensor)}" if tensor.dim() != 1 else f"{tensor.numel()} values"
+        raise RecipeError("model.init_args.reward", f"{name}.{method} returned {got} for {count} {unit}s "
+                                                    f"(expected shape [{count}])", fix)
+    return tensor.reshape(count)
 
 
 @dataclass
@@ -227,8 +296,9 @@ class WeightedRewards(RewardSource):
         return sum(term.weight * part for term, part in zip(self.terms, parts))
 
     def score(self, prompts: Sequence[Any], responses: Sequence[str], **columns: Sequence[Any]) -> torch.Tensor:
-        return self._combine([term.source.score(prompts, responses, **accepted_columns(term.source.score, columns))
-                              for term in self.terms])
+        return self._combine([checked_scores(term.source.score(prompts, responses,
+                                                               **accepted_columns(term.source.score, columns)),
+                                             len(responses), term.source, "score") for term in self.terms])
 
     def score_terms(self, prompts: Sequence[Any], responses: Sequence[str], group_size: int,
                     **columns: Sequence[Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -421,12 +491,27 @@ class PreferenceSource(RewardSource):
         pair_columns = {name: [values[i] for i in a] for name, values in columns.items()}
         p = self.preference([prompts[i] for i in a], [responses[i] for i in a], [responses[i] for i in b],
                             **accepted_columns(self.preference, pair_columns, skip=3))
-        p = torch.as_tensor(p, dtype=torch.float32).detach().cpu().reshape(-1)
-        if p.shape[0] != rows_a.shape[0]:
-            raise ValueError(f"{type(self).__name__}.preference returned {p.shape[0]} values for "
-                             f"{rows_a.shape[0]} pairs")
+        p = preference_values(p, rows_a.shape[0], self)
         wins = torch.zeros(n).index_add_(0, rows_a, p).index_add_(0, rows_b, 1.0 - p)  # [N]
         return wins / (group_size - 1)
+
+
+def preference_values(values: Any, count: int, source: "PreferenceSource") -> torch.Tensor:
+    """A preference source's ``P(a ≻ b)`` as ``[count]`` float32 on the CPU, checked as :func:`checked_scores`
+    checks scores."""
+    fix = (f"make {type(source).__name__}.preference return one probability per (prompt, a, b) triple: a tensor of "
+           "shape [N]")
+    return checked_scores(values, count, source, "preference", unit="pair", fix=fix).cpu()
+
+
+class PreferenceFailed(RewardFailed):
+    """The user's preference function raised: stopped as :class:`~rlhf_lightning.guards.RewardFailed` stops a
+    reward function that raised (exit code 3), worded for a preference."""
+
+    def __init__(self, source: str, error: BaseException) -> None:
+        super().__init__(source, error)
+        text = str(self).replace("the reward function", "the preference function", 1)
+        self.args = (text.replace("return one number per response", "return one probability in [0, 1] per pair", 1),)
 
 
 def symmetrised(p_ab: torch.Tensor, p_ba: torch.Tensor) -> torch.Tensor:
@@ -463,12 +548,11 @@ class FunctionPreference(PreferenceSource):
         return [name for name in required_columns(self._fn, skip=3) if name not in available]
 
     def _call(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str], columns: Columns) -> torch.Tensor:
-        values = self._fn(list(prompts), list(a), list(b), **accepted_columns(self._fn, columns, skip=3))
-        values = torch.as_tensor(values, dtype=torch.float32).reshape(-1)
-        if values.shape[0] != len(a) or not bool(((values >= 0) & (values <= 1)).all()):
-            raise ValueError(f"preference function '{self.function}' must return {len(a)} probabilities in "
-                             f"[0, 1]; got {values.tolist()[:8]}")
-        return values
+        try:
+            values = self._fn(list(prompts), list(a), list(b), **accepted_columns(self._fn, columns, skip=3))
+        except Exception as error:  # the user's code: one message naming it and where it raised
+            raise PreferenceFailed(self.function, error) from None
+        return probability_values(values, len(a), self.function)
 
     def preference(self, prompts: Sequence[str], responses_a: Sequence[str],
                    responses_b: Sequence[str], **columns: Sequence[Any]) -> torch.Tensor:
@@ -478,6 +562,31 @@ class FunctionPreference(PreferenceSource):
         if not self.symmetrise:
             return p_ab
         return symmetrised(p_ab, self._call(prompts, responses_b, responses_a, columns))
+
+
+def probability_values(values: Any, count: int, function: str) -> torch.Tensor:
+    """A preference function's output as ``[count]`` probabilities: a flat list (or a 1-D tensor/array) of numbers
+    in [0, 1], one per triple; anything else is a :class:`RecipeError` naming the function."""
+    field = "model.init_args.reward.init_args.function"
+    tensor = as_float_tensor(values)
+    fix = f"return a flat list (or a 1-D tensor or array) of {count} probabilities P(a ≻ b) in [0, 1], one per pair"
+    if tensor is None:
+        raise RecipeError(field, f"preference function '{function}' must return one probability per pair, got "
+                                 f"{value_kinds(values)} values", fix)
+    if tensor.dim() != 1:
+        what = f"a single {type(values).__name__}" if tensor.dim() == 0 else f"shape {shape_text(tensor)}"
+        raise RecipeError(field, f"preference function '{function}' returned {what} for {count} pairs, not a flat "
+                                 f"list of {count} probabilities", fix)
+    if tensor.shape[0] != count:
+        raise RecipeError(field, f"preference function '{function}' returned {tensor.shape[0]} probabilities for "
+                                 f"{count} pairs", fix)
+    outside = ~((tensor >= 0) & (tensor <= 1))  # NaN is outside too
+    if bool(outside.any()):
+        first = int(outside.nonzero()[0, 0])
+        raise RecipeError(field, f"preference function '{function}' must return probabilities in [0, 1]; "
+                                 f"{int(outside.sum())} of {count} are not (the first, pair {first}, is "
+                                 f"{tensor[first].item()})", fix)
+    return tensor
 
 
 class PreferenceModel(_OneLogitClassifier, PreferenceSource):

@@ -1,4 +1,5 @@
-"""Read records from JSON, JSONL, CSV/TSV, Parquet files or a ``datasets`` directory saved with ``save_to_disk``.
+"""Read records from JSON, JSONL, CSV/TSV, Parquet files or a ``datasets`` directory saved with ``save_to_disk``
+(a ``Dataset``, or one split of a ``DatasetDict``).
 
 A file that cannot be read ends in one :class:`RecipeError` that names the file, what is wrong with it
 (with the line where it helps) and how to fix it: a binary or non-UTF-8 file, a JSON document in a
@@ -19,25 +20,31 @@ from rlhf_lightning.data.encoding import describe
 from rlhf_lightning.errors import RecipeError
 from rlhf_lightning.models import is_hub_id
 
-FORMATS = "a .jsonl, .json, .csv, .tsv or .parquet file, or a folder written by datasets.Dataset.save_to_disk"
+FORMATS = ("a .jsonl, .json, .csv, .tsv or .parquet file, or a folder written by save_to_disk (a datasets.Dataset, "
+           "or a DatasetDict)")
 TEXT_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
 DATA_SUFFIXES = TEXT_SUFFIXES + (".parquet", ".arrow", ".txt", ".xlsx", ".xls", ".gz", ".zip", ".bz2", ".xz", ".zst")
 COMPRESSED = (".gz", ".zip", ".bz2", ".xz", ".zst")
 
 
 def read_records(path: str, field: str, split: str = "train") -> list[dict]:
-    """All rows of a data file as dicts: a local file or ``save_to_disk`` directory, or a hub data set id
-    (``org/name``, or ``org/name:split`` to name the split; otherwise ``split``); a clear error for a
-    missing or unreadable one."""
+    """All rows of a data file as dicts: a local file or ``save_to_disk`` directory (of a ``DatasetDict``: its
+    split ``split``, or the one named as ``folder:split``), or a hub data set id (``org/name``, or
+    ``org/name:split`` to name the split; otherwise ``split``); a clear error for a missing or unreadable one."""
     p = Path(path)
-    repo, _, named_split = path.partition(":")
-    if not p.exists() and is_hub_id(repo) and not looks_local(p):
-        return hub_records(repo, named_split or split, field)
+    repo, _, named_split = path.rpartition(":") if ":" in path else (path, "", "")
+    if not p.exists() and repo and named_split and Path(repo).is_dir():  # a saved DatasetDict's split, folder:split
+        p, split, named = Path(repo), named_split, True
+    else:
+        repo, _, named_split = path.partition(":")
+        named = False
+        if not p.exists() and is_hub_id(repo) and not looks_local(p):
+            return hub_records(repo, named_split or split, field)
     if not p.exists():
         raise RecipeError(field, f"data file '{path}' does not exist", missing_fix(p))
     try:
         if p.is_dir():
-            return folder_records(p, field, split)
+            return folder_records(p, field, split, named)
         suffix = p.suffix.lower()
         if suffix in TEXT_SUFFIXES:
             return text_records(p, suffix, field)
@@ -82,13 +89,15 @@ def unsupported_fix(suffix: str) -> str:
     return f"give {FORMATS}"
 
 
-def folder_records(p: Path, field: str, split: str = "train") -> list[dict]:
-    """The rows of a ``save_to_disk`` folder; a folder of loose data files names them (and the one of
-    ``split``, if one is named so)."""
-    from datasets import load_from_disk  # optional dependency
+def folder_records(p: Path, field: str, split: str = "train", named: bool = False) -> list[dict]:
+    """The rows of a ``save_to_disk`` folder: a ``Dataset``'s rows, or split ``split`` of a ``DatasetDict`` (the
+    field's own split, or the one the path names as ``folder:split`` when ``named``), with an error listing the
+    splits it holds when that one is absent; a folder of loose data files names them (and the one of ``split``,
+    if one is named so)."""
+    from datasets import DatasetDict, load_from_disk  # optional dependency
 
     try:
-        return [dict(row) for row in load_from_disk(str(p))]
+        data = load_from_disk(str(p))
     except FileNotFoundError:
         files = sorted(child.name for child in p.iterdir() if child.suffix.lower() in DATA_SUFFIXES)
         if files:
@@ -99,6 +108,20 @@ def folder_records(p: Path, field: str, split: str = "train") -> list[dict]:
         what = "it is empty" if not any(p.iterdir()) else "it holds no data files"
         raise RecipeError(field, f"'{p}' is a folder but not a data set written by save_to_disk ({what})",
                           f"give {FORMATS}") from None
+    if isinstance(data, DatasetDict):
+        if split not in data:
+            splits = list(data)
+            held = f"the splits {', '.join(repr(name) for name in splits)}" if splits else "no splits"
+            asked = f"the split '{split}' named in the path" if named else f"the '{split}' split that {field} reads"
+            fix = (f"name one of its splits as '{p}:SPLIT' (e.g. '{p}:{splits[0]}'), or save the rows as a split "
+                   f"named '{split}'" if splits else "save the data set with its splits again")
+            raise RecipeError(field, f"'{p}' is a DatasetDict written by save_to_disk that holds {held}, not "
+                                     f"{asked}", fix)
+        return [dict(row) for row in data[split]]
+    if named:
+        raise RecipeError(field, f"'{p}' is a single Dataset written by save_to_disk, which has no splits, but the "
+                                 f"path names the split '{split}'", f"give '{p}' without ':{split}'")
+    return [dict(row) for row in data]
 
 
 # ----------------------------------------------------------------------------- text files

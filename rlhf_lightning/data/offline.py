@@ -3,16 +3,21 @@
 Each reads local JSON / JSONL / CSV / TSV / Parquet files or a ``datasets`` directory written by
 ``save_to_disk``, with configurable column names; prompts may be plain text or chat messages
 (the tokenizer's chat template is applied). Rows that cannot be used (no value, a value that is
-neither text nor chat messages, empty response, prompt or response over its length limit,
-identical chosen and rejected, a label or margin that is not one) are counted and reported with
-what the first such row holds, then skipped or rejected per ``on_bad_row``; when no row is left,
-the error says why. A missing column is always an error. Batches are
+neither text nor chat messages, empty response, a response list that does not end with the
+assistant's message or holds messages before it that are not the row's prompt, prompt or response
+over its length limit, identical chosen and rejected, a label or margin that is not one) are
+counted and reported with what the first such row holds, then skipped or rejected per
+``on_bad_row``; when no row is left, the error says why; rows of ``eval_prompt_file`` whose prompt
+is unusable are counted the same way. A missing column is always an error. KTO labels are
+true/false, 1/0, or the text (any case) true/false, 1/0, yes/no, desirable/undesirable,
+good/bad. Batches are
 :class:`~rlhf_lightning.batches.SequenceBatch` objects: a left-padded prompt block followed by a
 right-padded response block (EOS appended), so the loss never sees prompt tokens.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 from typing import Any, Optional
 
@@ -114,11 +119,14 @@ class OfflineDataModule(ResumableTrainLoader, LightningDataModule):
                             fix="raise max_prompt_length (within the model's context) or shorten those prompts")
         return ids
 
-    def _response(self, value: Any, prompt: Any = None) -> list[int] | Unusable:
+    def _response(self, value: Any, prompt: Any = None, column: str = "response") -> list[int] | Unusable:
         problem = response_problem(value)
         if problem is not None:
             return Unusable("responses that are neither text nor chat messages", problem,
                             "store each response as text, or as {'role': 'assistant', 'content': '...'}")
+        unusable = response_messages_problem(value, prompt, column, self.prompt_column)
+        if unusable is not None:
+            return unusable
         if not response_text(value).strip():
             return Unusable("empty responses", fix="fill the responses or drop those rows")
         try:
@@ -136,7 +144,7 @@ class OfflineDataModule(ResumableTrainLoader, LightningDataModule):
             if lacking_value(record, column):
                 return Unusable(f"rows with no value for '{column}'", fix=f"fill '{column}' in those rows or drop them")
         prompt = record[self.prompt_column]
-        parts = [self._prompt(record)] + [self._response(record[column], prompt) for column in response_columns]
+        parts = [self._prompt(record)] + [self._response(record[column], prompt, column) for column in response_columns]
         return next((part for part in parts if isinstance(part, Unusable)), parts)
 
     def _load_split(self, split: str, path: str) -> list[dict]:
@@ -144,6 +152,7 @@ class OfflineDataModule(ResumableTrainLoader, LightningDataModule):
         records = read_records(path, field, split)
         options = {self.prompt_column: "data.init_args.prompt_column"}
         options.update({getattr(self, f"{c}_column"): f"data.init_args.{c}_column" for c in self.response_columns})
+        self._check_format(records, field, path)
         require_columns(records, self.columns(), field, path, options=options, values=False)
         bad = BadRows(split, path, self.on_bad_row, field)
         rows = []
@@ -155,6 +164,9 @@ class OfflineDataModule(ResumableTrainLoader, LightningDataModule):
                 rows.append(row)
         bad.report(len(records), kept=len(rows))
         return rows
+
+    def _check_format(self, records: list, field: str, path: str) -> None:
+        """A file in a format the module does not read, named before the generic missing-column error (none here)."""
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.splits:
@@ -171,16 +183,19 @@ class OfflineDataModule(ResumableTrainLoader, LightningDataModule):
         records = read_records(path, field, "test")
         require_columns(records, [self.prompt_column], field, path,
                         options={self.prompt_column: "data.init_args.prompt_column"})
+        bad = BadRows("eval_prompt_file", path, self.on_bad_row, field)
         rows = []
-        for record in records:
+        for index, record in enumerate(records):
             ids = self._prompt(record)
             if isinstance(ids, Unusable):
+                bad.add(ids, index)
                 continue
             row = {"prompt": record[self.prompt_column], "input_ids": ids,
                    "columns": other_columns(record, self.prompt_column)}
             if self.reference_column in record:
                 row["reference"] = record[self.reference_column]
             rows.append(row)
+        bad.report(len(records), kept=len(rows))
         return rows
 
     # ------------------------------------------------------------------ loaders and state
@@ -305,6 +320,46 @@ def messages_problem(messages: Any) -> Optional[Unusable]:
     return None
 
 
+def _message_key(message: dict) -> tuple:
+    return message.get("role"), str(message.get("content") or "").strip()
+
+
+def response_messages_problem(value: Any, prompt: Any, column: str, prompt_column: str) -> Optional[Unusable]:
+    """Why a response given as chat messages cannot be trained on (None when it can, and for text).
+
+    A response is the assistant's reply to the row's prompt (TRL's conversational format: the prompt holds the
+    conversation, the response the assistant's message). So the last message must be the assistant's, and any
+    messages before it must repeat the row's prompt exactly (a whole conversation whose head is the prompt, as
+    some data sets store it: the prompt's messages, or one user message holding a text prompt); other messages
+    before the reply would be dropped, so such a row is unusable rather than trained on without them.
+    """
+    messages = [value] if isinstance(value, dict) else value
+    if not isinstance(messages, list) or not messages:
+        return None
+    last = messages[-1].get("role")
+    if last != "assistant":
+        return Unusable("responses whose last message is not the assistant's",
+                        f"'{column}' ends with a {last!r} message",
+                        f"end each '{column}' list with the assistant's reply (the response to learn), or store the "
+                        "reply as text")
+    earlier = messages[:-1]
+    if not earlier:
+        return None
+    if isinstance(prompt, str):
+        repeats = [_message_key(m) for m in earlier] == [("user", prompt.strip())]
+    elif isinstance(prompt, list):
+        repeats = [_message_key(m) for m in earlier] == [_message_key(m) for m in prompt if isinstance(m, dict)]
+    else:
+        repeats = False
+    if repeats:
+        return None
+    roles = ", ".join(repr(m.get("role")) for m in earlier)
+    return Unusable("responses with messages before the assistant's reply that are not the row's prompt",
+                    f"'{column}' has {len(earlier)} earlier message(s) ({roles}) that differ from '{prompt_column}'",
+                    f"put the conversation before the reply in '{prompt_column}' and only the assistant's final "
+                    f"message in '{column}' (TRL's conversational format)")
+
+
 def pack_examples(rows: list[dict], max_length: int) -> list[dict]:
     """Greedy packing in data order: ``{"input_ids", "loss_mask", "index"}`` rows of at most
     ``max_length`` tokens, ``loss_mask`` 1 on response tokens (aligned with ``input_ids``); ``index``
@@ -357,20 +412,30 @@ class PreferenceDataModule(OfflineDataModule):
         return [self.prompt_column, self.chosen_column, self.rejected_column] + (
             [self.margin_column] if self.margin_column else [])
 
-    def _load_split(self, split: str, path: str) -> list[dict]:
-        try:
-            return super()._load_split(split, path)
-        except RecipeError as error:  # TRL's implicit-prompt format: whole conversations, no prompt column
-            records = read_records(path, f"data.init_args.{split}_file", split)
-            first = records[0] if records and isinstance(records[0], dict) else {}
-            implicit = (self.prompt_column not in first and isinstance(first.get(self.chosen_column), list)
-                        and self.prompt_column in error.problem)
-            if not implicit:
-                raise
-            raise RecipeError(f"data.init_args.{split}_file", f"'{path}' is in the implicit-prompt format (whole "
-                              f"'{self.chosen_column}'/'{self.rejected_column}' conversations, no "
-                              f"'{self.prompt_column}' column)", "split each row into the shared prompt messages "
-                              f"('{self.prompt_column}') and the two final assistant messages") from None
+    def _check_format(self, records: list, field: str, path: str) -> None:
+        """TRL's implicit-prompt format (whole conversations or texts in chosen/rejected, no prompt column): one
+        error that says so and how to split the rows, for conversations and for text alike."""
+        first = records[0] if records and isinstance(records[0], dict) else {}
+        if self.prompt_column in first or self.chosen_column not in first or self.rejected_column not in first:
+            return
+        chosen, rejected = self.chosen_column, self.rejected_column
+        present = ", ".join(sorted(map(str, first))) or "none"
+        if difflib.get_close_matches(self.prompt_column, [str(name) for name in first], n=1):
+            return  # a prompt column by another name: the generic error names it ("did you mean ...?")
+        other = ("; if the prompts are in another column, set data.init_args.prompt_column to it "
+                 "(--data.prompt_column NAME)")
+        if isinstance(first.get(chosen), list):
+            raise RecipeError(field, f"'{path}' is in the implicit-prompt format (whole '{chosen}'/'{rejected}' "
+                              f"conversations, no '{self.prompt_column}' column; columns: {present})",
+                              f"split each row into the shared prompt messages ('{self.prompt_column}') and the two "
+                              f"final assistant messages ('{chosen}', '{rejected}'){other}")
+        if not (isinstance(first.get(chosen), str) and isinstance(first.get(rejected), str)):
+            return  # the generic missing-column error
+        raise RecipeError(field, f"'{path}' has no '{self.prompt_column}' column (columns: {present}): text pairs "
+                          f"in '{chosen}'/'{rejected}' without a prompt column (TRL's implicit-prompt format) are "
+                          "not read, as the prompt cannot be told from the responses",
+                          f"split each row into the shared prompt ('{self.prompt_column}') and the two responses "
+                          f"that follow it ('{chosen}', '{rejected}'){other}")
 
     def encode(self, record: dict, index: int) -> dict | Unusable:
         parts = self._encode_parts(record, self.chosen_column, self.rejected_column)
@@ -417,7 +482,7 @@ def check_both_labels(rows: list[dict], path: str, label_column: str) -> None:
     if 0 < desirable_rows < len(rows):
         return
     kind, other = ("desirable", "undesirable") if desirable_rows else ("undesirable", "desirable")
-    fix = ("check the labels (true/1/desirable marks a good completion)" +
+    fix = ("check the labels (true/1/yes/desirable/good marks a good completion)" +
            ("; to learn from good completions only, use SFT (rlhf_lightning.objectives.SFT)" if desirable_rows else ""))
     raise RecipeError("data.init_args.label_column",
                       f"all {len(rows)} usable rows of '{path}' are labelled {kind}: KTO needs {other} "
@@ -450,8 +515,9 @@ class UnpairedDataModule(OfflineDataModule):
 
     Args:
         completion_column: column with the response.
-        label_column: column with the label: true/1/"desirable" or false/0/"undesirable" (any other value is
-            a bad row, per ``on_bad_row``).
+        label_column: column with the label: desirable is ``true``, ``1`` or the text (any case) "true", "1",
+            "yes", "desirable", "good"; undesirable is ``false``, ``0`` or "false", "0", "no", "undesirable",
+            "bad" (any other value is a bad row, per ``on_bad_row``).
         (the others as in :class:`OfflineDataModule`)
     """
 
@@ -472,9 +538,10 @@ class UnpairedDataModule(OfflineDataModule):
         prompt, completion = parts
         label = desirable(record.get(self.label_column))
         if label is None:
-            return Unusable("labels that are not true/false, 1/0 or desirable/undesirable",
+            return Unusable("labels that are not true/false, 1/0 or desirable/undesirable (or yes/no, good/bad)",
                             repr(record.get(self.label_column))[:40],
-                            f"label each row in '{self.label_column}' true/1/desirable or false/0/undesirable")
+                            f"label each row in '{self.label_column}' true/1/yes/desirable/good or "
+                            "false/0/no/undesirable/bad")
         return {"prompt_ids": prompt, "completion_ids": completion, "label": float(label), "index": index}
 
     def train_dataloader(self) -> DataLoader:
