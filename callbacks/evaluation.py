@@ -32,7 +32,9 @@ class WinRateEvaluation(Callback):
 
     - ``win_rate_vs_sft``: share of prompts where the judge prefers the policy to the SFT model (ties ½);
     - ``win_rate_vs_reference``: the same against the data set's reference responses;
-    - ``reward``: mean judge score of the policy's responses;
+    - ``reward``: mean judge score of the policy's responses (``sft_reward``, ``reference_reward``: of the SFT
+      model's and the data set's reference responses; ``oracle_reward``: of the judge's best responses, when it
+      knows them, :meth:`~rlhf_lightning.rewards.RewardSource.best_responses`, e.g. the embedded task's oracle);
     - ``kl``: mean ``ln π_θ(y|x) − ln π_ref(y|x)`` over responses sampled from ``π_θ`` at temperature 1,
       an unbiased estimate of KL(π_θ‖π_ref).
 
@@ -65,6 +67,7 @@ class WinRateEvaluation(Callback):
         self.batch_size = batch_size
         self.num_samples_logged = num_samples_logged
         self._sft_cache: dict[str, tuple[list[str], Tensor]] = {}
+        self._oracle_cache: dict[str, Optional[Tensor]] = {}
         self.history: list[dict] = []
 
     # ------------------------------------------------------------------ hooks
@@ -196,22 +199,31 @@ class WinRateEvaluation(Callback):
         ref_scores = score(judge, [response_text(r["reference"]) for r in rows]) if has_reference else None
         kl = self._kl(pl_module, rows).cpu()
 
-        columns = [scores, sft_scores, kl] + ([ref_scores] if ref_scores is not None else [])
-        columns += [proxy_scores] if proxy_scores is not None else []
-        gathered = gather_rows(pl_module, torch.stack([c.cpu() for c in columns], 1)[:own])  # [n, 3 or 4]
+        if split not in self._oracle_cache:  # the judge's best responses, when it knows them (a synthetic task)
+            best = judge.best_responses(prompts) if hasattr(judge, "best_responses") else None
+            self._oracle_cache[split] = score(judge, best) if best is not None else None
+        oracle_scores = self._oracle_cache[split]
+        named = {"policy": scores, "sft": sft_scores, "kl": kl, "reference": ref_scores, "oracle": oracle_scores,
+                 "proxy": proxy_scores}
+        named = {name: column for name, column in named.items() if column is not None}
+        stacked = torch.stack([column.cpu() for column in named.values()], 1)[:own]  # [n, columns]
+        gathered = gather_rows(pl_module, stacked)
         require_finite("evaluation score", gathered, pl_module._batch_number)  # every rank holds all rows
+        column = {name: gathered[:, index] for index, name in enumerate(named)}
         results = {
-            "win_rate_vs_sft": win_rate(gathered[:, 0], gathered[:, 1]),
-            "reward": gathered[:, 0].mean().item(),
-            "sft_reward": gathered[:, 1].mean().item(),
-            "kl": gathered[:, 2].mean().item(),
+            "win_rate_vs_sft": win_rate(column["policy"], column["sft"]),
+            "reward": column["policy"].mean().item(),
+            "sft_reward": column["sft"].mean().item(),
+            "kl": column["kl"].mean().item(),
         }
-        if ref_scores is not None:
-            results["win_rate_vs_reference"] = win_rate(gathered[:, 0], gathered[:, 3])
-            results["reference_reward"] = gathered[:, 3].mean().item()
-            results["sft_win_rate_vs_reference"] = win_rate(gathered[:, 1], gathered[:, 3])
-        if proxy_scores is not None:  # the training reward (e.g. a learned reward model) next to the judge's
-            results["proxy_reward"] = gathered[:, -1].mean().item()
+        if "reference" in column:
+            results["win_rate_vs_reference"] = win_rate(column["policy"], column["reference"])
+            results["reference_reward"] = column["reference"].mean().item()
+            results["sft_win_rate_vs_reference"] = win_rate(column["sft"], column["reference"])
+        if "oracle" in column:  # the most the judge gives: how far the policy is from the best it can do
+            results["oracle_reward"] = column["oracle"].mean().item()
+        if "proxy" in column:  # the training reward (e.g. a learned reward model) next to the judge's
+            results["proxy_reward"] = column["proxy"].mean().item()
         self._log(trainer, results, step, split)
         self._log_samples(trainer, prompts, policy_texts, sft_texts, rows, scores, sft_scores, step, split)
         self.history.append({"rollouts": step, "split": split, **results})

@@ -11,8 +11,9 @@ Conventions shared by both figures:
   several points, never by a line to another split's points;
 * the history is read as :class:`~rlhf_lightning.callbacks.WinRateEvaluation` writes it, a list of dicts
   ``{"rollouts", "split", "reward", "sft_reward", "kl", "win_rate_vs_sft"}`` plus, when the data has
-  reference responses, ``"reference_reward"``, ``"win_rate_vs_reference"``, ``"sft_win_rate_vs_reference"``
-  and, with a separate judge, ``"proxy_reward"``; a missing optional key leaves its series out;
+  reference responses, ``"reference_reward"``, ``"win_rate_vs_reference"``, ``"sft_win_rate_vs_reference"``,
+  when the judge knows its best responses ``"oracle_reward"`` (a line: the most a policy can reach) and, with a
+  separate judge, ``"proxy_reward"``; a missing optional key leaves its series out;
 * any number of evaluations >= 1 is drawn: one evaluation (e.g. only the final test one) is a single
   marker, still worth seeing next to the SFT and reference lines; an empty history draws nothing;
 * an evaluation repeated on the same split at the same rollout count (the periodic and the final one
@@ -40,9 +41,10 @@ SPLIT_STYLES = {
     "test": {"color": "C1", "marker": "D", "markersize": 8},
 }
 OTHER_SPLIT_COLOURS = ("C4", "C5", "C6", "C8", "C9")
-SFT_COLOUR, REFERENCE_COLOUR = "0.4", "C2"
+SFT_COLOUR, REFERENCE_COLOUR, ORACLE_COLOUR = "0.4", "C2", "C3"
 BASELINE_STYLES = ("--", ":", "-.")  # one per split when the splits' baselines differ
-REFERENCE_LABEL = "reference (oracle) responses"
+REFERENCE_LABEL = "reference responses (data set)"
+ORACLE_LABEL = "oracle (the judge's best responses)"
 
 
 # ---------------------------------------------------------------------------------------------- public
@@ -82,6 +84,7 @@ def history_figure(history: list[dict]) -> Optional[Figure]:
     _split_series(reward_axis, series, "reward", "policy")
     _baselines(reward_axis, series, "sft_reward", "SFT model", SFT_COLOUR)
     _baselines(reward_axis, series, "reference_reward", REFERENCE_LABEL, REFERENCE_COLOUR)
+    _baselines(reward_axis, series, "oracle_reward", ORACLE_LABEL, ORACLE_COLOUR)
     reward_axis.margins(y=0.08)  # the reference line is often the top of the data: keep it off the frame
     _decorate(reward_axis, "Judge reward", "mean judge reward per response", steps)
 
@@ -128,6 +131,7 @@ def reward_vs_kl_figure(history: list[dict]) -> Optional[Figure]:
                   markeredgecolor="black", markeredgewidth=0.5, zorder=4,
                   label="SFT model (KL 0), judge reward" if index == 0 else None)
     _baselines(axis, series, "reference_reward", f"{REFERENCE_LABEL}, judge reward", REFERENCE_COLOUR)
+    _baselines(axis, series, "oracle_reward", f"{ORACLE_LABEL}, judge reward", ORACLE_COLOUR)
     axis.margins(x=0.08, y=0.1)
     axis.set_xlabel("KL(π ‖ π_ref) on held-out prompts, nats per response")
     axis.set_ylabel("mean reward per response")
@@ -186,7 +190,7 @@ def _split_series(axis: Axes, series: dict[str, list[dict]], key: str, what: str
 
 
 def _baselines(axis: Axes, series: dict[str, list[dict]], key: str, label: str, colour: str) -> None:
-    """Horizontal lines for a constant of each split (the SFT model's or the reference responses' reward):
+    """Horizontal lines for a constant of each split (the SFT model's, the reference or oracle responses' reward):
     one line when the splits agree, else one per split with its own line style."""
     values = {split: entries[-1][key] for split, entries in series.items() if key in entries[-1]}
     if not values:

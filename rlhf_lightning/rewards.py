@@ -114,6 +114,12 @@ class RewardSource(ABC):
 
     score_terms._checks_shape = True
 
+    def best_responses(self, prompts: Sequence[Any]) -> Optional[list[str]]:
+        """The response this source scores highest for each prompt, when it is known (a synthetic task's oracle):
+        the evaluation then reports ``oracle_reward``, the most a policy can reach. ``None`` (the default):
+        unknown."""
+        return None
+
     def missing_columns(self, available: Sequence[str]) -> list[str]:
         """Data columns this source needs that ``available`` lacks (checked before training)."""
         return [name for name in required_columns(self.score) if name not in available]

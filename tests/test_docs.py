@@ -385,6 +385,9 @@ def evaluation_result_keys(monkeypatch) -> set[str]:
         def score(self, prompts, responses):
             return torch.tensor([float(len(r)) for r in responses])
 
+        def best_responses(self, prompts):
+            return ["x" * 9 for _ in prompts]
+
     rows = [{"prompt": "p0", "reference": "aaa"}, {"prompt": "p1", "reference": "b"}]
     callback = evaluation.WinRateEvaluation(judge=Judge())
     reported: dict[str, float] = {}
@@ -402,7 +405,7 @@ def evaluation_result_keys(monkeypatch) -> set[str]:
 
 def test_every_evaluation_metric_is_documented(monkeypatch):
     keys = evaluation_result_keys(monkeypatch)
-    assert {"win_rate_vs_sft", "reward", "kl", "win_rate_vs_reference", "proxy_reward"} <= keys
+    assert {"win_rate_vs_sft", "reward", "kl", "win_rate_vs_reference", "oracle_reward", "proxy_reward"} <= keys
     names = set(glossary())
     missing = sorted(f"eval/{key}" for key in keys if f"eval/{key}" not in names)
     assert not missing, f"evaluation metrics missing from docs/metrics.md: {missing}"

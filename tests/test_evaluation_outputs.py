@@ -19,3 +19,17 @@ def test_validation_and_final_test_evaluations_are_labelled_apart(tiny_model, ti
     splits = [(row["rollouts"], row["split"]) for row in rows]
     assert set(splits) == {(1, "validation"), (2, "validation"), (2, "test")}
     assert splits[-1] == (2, "test")  # the final evaluation, on the test split, comes last
+
+
+def test_the_embedded_judge_knows_its_best_responses():
+    import random
+
+    from rlhf_lightning.tasks.summarize import GoldJudge
+    from rlhf_lightning.tasks.summarize.corpus import CorpusConfig, make_prompt, oracle_summary, sample_post
+
+    judge = GoldJudge()
+    prompt = make_prompt(sample_post(random.Random(0), CorpusConfig()))
+    best = judge.best_responses([prompt])
+    assert best == [oracle_summary(prompt)] and best[0]
+    worse = [best[0].split()[0], best[0] + " " + best[0], ""]
+    assert (judge.score([prompt] * 3, worse) < judge.score([prompt], best)).all()

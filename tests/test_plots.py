@@ -17,7 +17,8 @@ def entry(rollouts: int, split: str, reward: float, kl: float, win: float, refer
     h = {"rollouts": rollouts, "split": split, "win_rate_vs_sft": win, "reward": reward,
          "sft_reward": 0.49 if split == "validation" else 0.47, "kl": kl}
     if reference:
-        h.update(win_rate_vs_reference=win / 2, reference_reward=1.40 if split == "validation" else 1.38,
+        h.update(win_rate_vs_reference=win / 2, reference_reward=0.76 if split == "validation" else 0.73,
+                 oracle_reward=1.40 if split == "validation" else 1.39,
                  sft_win_rate_vs_reference=0.05)
     if proxy:
         h["proxy_reward"] = reward + kl
@@ -98,12 +99,14 @@ def test_eval_curves_are_labelled_for_every_history_shape(shape, tmp_path):
     lines = horizontal_lines(reward_axis)
     sft = {label: y for label, y in lines.items() if label.startswith("SFT model")}
     assert sft and set(sft.values()) <= {h["sft_reward"] for h in history}
-    reference = {label: y for label, y in lines.items() if label.startswith("reference (oracle) responses")}
+    reference = {label: y for label, y in lines.items() if label.startswith("reference responses (data set)")}
+    oracle = {label: y for label, y in lines.items() if label.startswith("oracle (the judge's best responses)")}
     if any("reference_reward" in h for h in history):
         assert reference and set(reference.values()) <= {h["reference_reward"] for h in history}
+        assert oracle and set(oracle.values()) <= {h["oracle_reward"] for h in history}
         assert any("vs reference" in text for text in legend_texts(win_axis))
     else:
-        assert not reference
+        assert not reference and not oracle
         assert not any("vs reference" in text for text in legend_texts(win_axis))
     assert (tmp_path / "reward_vs_kl.png").exists() is False  # no proxy reward in these histories
 
@@ -154,7 +157,7 @@ def test_reward_vs_kl_is_labelled(history, tmp_path):
     for split in {h["split"] for h in history}:
         assert any("judge" in t and split in t for t in texts) and any("proxy" in t and split in t for t in texts)
     assert any(t.startswith("SFT model") for t in texts)
-    assert any(t.startswith("reference (oracle)") for t in texts) == ("reference_reward" in history[0])
+    assert any(t.startswith("reference responses (data set)") for t in texts) == ("reference_reward" in history[0])
     # every point is annotated with its rollout count, an integer
     annotations = [child.get_text() for child in axis.texts]
     assert annotations and all(text.isdigit() for text in annotations)

@@ -10,7 +10,7 @@ import torch
 
 from rlhf_lightning.errors import RecipeError
 from rlhf_lightning.rewards import PreferenceSource, RewardSource
-from rlhf_lightning.tasks.summarize.corpus import FILLERS, NOUNS, post_nouns, tokens
+from rlhf_lightning.tasks.summarize.corpus import FILLERS, NOUNS, oracle_summary, post_nouns, tokens
 
 JUDGE_SEED = 20240617
 RECALL_SCALE = 2.5  # raw points for mentioning every noun of the post
@@ -97,6 +97,10 @@ class GoldJudge(RewardSource):
             raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
         require_task_prompts(prompts)
         return torch.tensor([gold_score(p, r) for p, r in zip(prompts, responses)], dtype=torch.float32)
+
+    def best_responses(self, prompts: Sequence[str]) -> list[str]:
+        """The oracle summaries: the post's important nouns, in order."""
+        return [oracle_summary(prompt) for prompt in prompts]
 
 
 class GoldPreference(PreferenceSource):
