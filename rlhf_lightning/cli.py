@@ -53,9 +53,20 @@ from rlhf_lightning.usage import NOT_OFFERED, USAGE, answer_help, not_offered_me
 class SaveRunConfig(SaveConfigCallback):
     """The resolved recipe as ``<trainer.default_root_dir>/config.yaml``, whatever the logger (LightningCLI writes
     it to the logger's ``log_dir``, for CSV and TensorBoard ``lightning_logs/version_N``), so that every run
-    folder holds its recipe next to its outputs."""
+    folder holds its recipe next to its outputs. Written when training (or ``evaluate``) starts, once a resumed
+    checkpoint has loaded: a resume that fails leaves the folder as it was."""
 
     def setup(self, trainer, pl_module, stage: str) -> None:
+        pass
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._write(trainer, pl_module)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if not trainer.training and not trainer.sanity_checking:  # evaluate; not the validations during fit
+            self._write(trainer, pl_module)
+
+    def _write(self, trainer, pl_module) -> None:
         if self.already_saved:
             return
         if trainer.is_global_zero:
@@ -63,8 +74,8 @@ class SaveRunConfig(SaveConfigCallback):
             root.mkdir(parents=True, exist_ok=True)
             self.parser.save(self.config, str(root / self.config_filename), skip_none=False, overwrite=True,
                              multifile=self.multifile)
-            self.save_config(trainer, pl_module, stage)
-            self.already_saved = True
+            self.save_config(trainer, pl_module, "fit" if trainer.training else "validate")
+        self.already_saved = True
 
 
 class RLHFCLI(LightningCLI):

@@ -64,6 +64,7 @@ def test_evaluate_a_checkpoint_reproduces_the_final_evaluation(trained):
     assert [r["policy"] for r in rows] == [r["policy"] for r in samples(trained["root"]) if r["rollouts"] == 4]
     assert (trained["root"] / "summary.json").read_text() == before  # the training run's outputs stay as they are
     assert not (folder / "checkpoints").exists() and not (folder / "policy").exists()
+    assert yaml.safe_load((folder / "config.yaml").read_text())["ckpt_path"] == result["evaluated_checkpoint"]
 
 
 def test_evaluate_an_exported_policy_compares_with_the_recipes_policy(trained):
