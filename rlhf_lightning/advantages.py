@@ -83,3 +83,51 @@ def group_normalized_advantages(rewards: Tensor, group_size: int, scale: bool = 
         std = grouped.std(-1, keepdim=True) if group_size > 1 else torch.zeros_like(grouped[:, :1])
         centred = centred / (std + eps)
     return centred.reshape(-1)
+
+
+def critic_advantages(score: Tensor, old_logprobs: Tensor, ref_logprobs: Tensor, values: Tensor, mask: Tensor,
+                      kl_coef: float, gamma: float, lam: float, whiten: bool,
+                      reduce_sum: ReduceSum) -> tuple[Tensor, Tensor, dict[str, float]]:
+    """The actor-critic advantages of PPO and APA, once per rollout batch (no grad).
+
+    Token rewards :func:`per_token_rewards` (``β = kl_coef``), then :func:`gae` against the rollout-time
+    critic ``values``; with ``whiten`` the advantages are whitened over the real tokens of every process.
+    Returns ``(advantages, returns, stats)``, the tensors ``[N, R]`` and zero on padding; ``stats`` holds
+    the global ``return_mean``, ``advantage_mean`` and ``advantage_std`` (unbiased) of the raw advantages.
+    """
+    token_rewards = per_token_rewards(score, old_logprobs, ref_logprobs, mask, kl_coef)  # [N, R]
+    advantages, returns = gae(token_rewards, values, mask, gamma, lam)  # [N, R] each
+    # global statistics (all processes) of the raw advantages and returns, for the logs
+    sums = reduce_sum(torch.stack([mask.sum(), (advantages * mask).sum(), (advantages.pow(2) * mask).sum(),
+                                   (returns * mask).sum()]).float())
+    count = sums[0].clamp(min=1)
+    advantage_mean = sums[1] / count
+    advantage_variance = (sums[2] / count - advantage_mean.pow(2)).clamp(min=0)
+    advantage_std = (advantage_variance * count / (count - 1).clamp(min=1)).sqrt()  # unbiased, as masked_whiten
+    if whiten:
+        advantages = masked_whiten(advantages, mask, reduce_sum)
+    stats = {"return_mean": float(sums[3] / count), "advantage_mean": float(advantage_mean),
+             "advantage_std": float(advantage_std)}
+    return advantages, returns, stats
+
+
+def add_critic_advantages(rollout, objective: str, gamma: float, lam: float, whiten: bool,
+                          reduce_sum: ReduceSum):
+    """``prepare`` of the actor-critic objectives (PPO, APA): :func:`critic_advantages` of a rollout into
+    ``rollout.extras["advantages"]`` / ``["returns"]``, their statistics logged as ``<objective>/return_mean``,
+    ``/advantage_mean`` and ``/advantage_std``. Returns the rollout."""
+    name = objective.upper()
+    if rollout.values is None:
+        raise ValueError(f"{name} needs the critic's values at rollout time (rollout.values); the Rollout callback "
+                         "records them when the objective declares Needs(critic=True)")
+    if rollout.ref_logprobs is None and rollout.kl_coef:
+        raise ValueError(f"{name} needs the reference log-probs (rollout.ref_logprobs): declare Needs(reference=True)")
+    advantages, returns, stats = critic_advantages(
+        rollout.rewards, rollout.old_logprobs, rollout.ref_logprobs, rollout.values, rollout.response_mask,
+        rollout.kl_coef, gamma, lam, whiten, reduce_sum)  # [N, R] each
+    rollout.extras["advantages"] = advantages
+    rollout.extras["returns"] = returns
+    rollout.metrics.update({f"{objective}/return_mean": stats["return_mean"],
+                            f"{objective}/advantage_mean": stats["advantage_mean"],
+                            f"{objective}/advantage_std": stats["advantage_std"]})
+    return rollout

@@ -33,6 +33,7 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -161,6 +162,11 @@ class RLHFCLI(LightningCLI):
                                       any(isinstance(c, WinRateEvaluation) for c in self.trainer.callbacks))
         if problem is not None:
             raise problem
+        if config.get("ckpt_path") and isinstance(self.trainer.strategy, DeepSpeedStrategy):
+            raise RecipeError("ckpt_path", "evaluate cannot load a DeepSpeed checkpoint: DeepSpeed restores ZeRO "
+                              "checkpoints into a training engine only, not into the engine of a validation loop",
+                              "evaluate the exported policy instead: --policy_dir <run folder>/policy (written by "
+                              "ExportPolicy at the end of training), under any strategy")
         if rank_zero_only.rank == 0:
             root = Path(self.trainer.default_root_dir)
             prepare_run_folder(root, resuming=False, overwrite=bool(config.get("overwrite")))

@@ -1,9 +1,9 @@
-"""Shared policy-gradient loss pieces: the clipped surrogate of PPO and GRPO, token reductions, and the
-advantage-weighted log-likelihood of REINFORCE and RLOO."""
+"""Shared policy-gradient loss pieces: the clipped surrogate of PPO and GRPO, token reductions, the
+advantage-weighted log-likelihood of REINFORCE and RLOO, and the critic's value loss of PPO and APA."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Optional
 
 import torch
 from torch import Tensor
@@ -60,3 +60,39 @@ def prepared_advantages(rollout: "Rollout", name: str) -> Tensor:
         raise RuntimeError(f"{name}.loss needs the advantages that {name}.prepare(rollout, reduce_sum) puts in "
                            "rollout.extras; call prepare once per rollout batch first (RLHFModule does)")
     return rollout.extras["advantages"].detach()
+
+
+def clipped_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor,
+               value_clip: Optional[float]) -> tuple[Tensor, Tensor]:
+    """The critic's loss ``½·mean_i max((V_θ − R)², (V_clip − R)²)`` over the real tokens (PPO, APA).
+
+    ``V_clip = V_t + clip(V_θ − V_t, −ε_v, ε_v)`` with ``V_t`` = ``old_values``; ``value_clip=None`` gives
+    the plain ``½·mean (V_θ − R)²``. Inputs ``[N, R]`` with padding already zeroed. Returns ``(loss,
+    clipped)``, ``clipped`` marking the tokens whose clipped error was the larger.
+    """
+    error = (values - returns).pow(2)  # [N, R]
+    if value_clip is not None:
+        clipped_values = old_values + (values - old_values).clamp(-value_clip, value_clip)
+        clipped_error = (clipped_values - returns).pow(2)
+        clipped = clipped_error > error
+        error = torch.maximum(error, clipped_error)
+    else:
+        clipped = torch.zeros_like(mask, dtype=torch.bool)
+    return 0.5 * masked_mean(error, mask), clipped
+
+
+def value_metrics(values: Tensor, returns: Tensor, mask: Tensor, clipped: Tensor) -> dict[str, Tensor]:
+    """The critic's detached logs: explained variance of the returns, mean value, value-clip fraction."""
+    with torch.no_grad():
+        residual_variance = masked_variance(returns - values, mask)
+        return {
+            "value/explained_variance": 1.0 - residual_variance / masked_variance(returns, mask).clamp(min=1e-8),
+            "value/mean": masked_mean(values, mask),
+            "value/clip_fraction": masked_mean(clipped.float(), mask),
+        }
+
+
+def masked_variance(values: Tensor, mask: Tensor) -> Tensor:
+    """Population variance of ``values`` over the masked elements (0 if fewer than one)."""
+    mean = masked_mean(values, mask)
+    return masked_mean((values - mean).pow(2), mask)

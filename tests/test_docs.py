@@ -357,7 +357,7 @@ def objective_metric_keys(objective) -> set[str]:
 def objective_variants() -> list:
     from rlhf_lightning import objectives as o
 
-    return [o.REBEL(), o.REBEL(pairs="best_worst", num_samples=3), o.REBEL(pairs="dataset"), o.PPO(),
+    return [o.REBEL(), o.REBEL(pairs="best_worst", num_samples=3), o.REBEL(pairs="dataset"), o.PPO(), o.APA(), o.APA(value_clip=0.2),
             o.PPO(entropy_coef=0.01, ptx_coef=0.1), o.REINFORCE(), o.REINFORCE(whiten_advantages=True), o.RLOO(k=3),
             o.GRPO(), o.GRPO(scale_rewards=False, loss_reduction="constant"), o.OnlineDPO(), o.DPO(),
             o.DPO(reference_free=True, length_normalized=True), o.IPO(), o.SLiC(), o.SLiC(sft_weight=0.1),

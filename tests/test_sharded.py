@@ -184,3 +184,48 @@ def test_sharded_dpo_equals_one_process(tiny_model, tmp_path, strategy):
     sharded, single = run(STRATEGIES[strategy], 2), run(["--trainer.strategy", "auto"], 1)
     assert_sharded(sharded["rank0"], strategy)
     assert_same_run(sharded["rank0"], single["rank0"])
+
+
+def evaluate(recipe: Path, args: list[str], *extra: str) -> dict:
+    """``rlhf-lightning evaluate`` in a subprocess (Lightning starts the second rank); its summary."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu",
+           "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    evaluation = ["--trainer.callbacks+=rlhf_lightning.callbacks.WinRateEvaluation",
+                  "--trainer.callbacks.max_new_tokens", "6"]
+    command = [sys.executable, "-m", "rlhf_lightning.cli", "evaluate", str(recipe), *args[1:], *evaluation, *extra]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    (summary,) = Path(dict(zip(extra, extra[1:]))["--trainer.default_root_dir"]).glob("evaluation/*/summary.json")
+    return json.loads(summary.read_text())
+
+
+def test_evaluate_a_sharded_checkpoint_as_its_exported_policy(tiny_model, tiny_data, tmp_path, strategy="fsdp"):
+    """``evaluate`` loads an FSDP checkpoint under its strategy: the same greedy evaluation as the gathered
+    export evaluated by one process."""
+    args = online_args(tiny_model, tiny_data, tmp_path, "rebel", strategy, 2, extra=checkpointing(tmp_path))
+    launch(tmp_path / "run", args)
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_dir()  # a sharded checkpoint: a folder of shards
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("seed_everything: 0\n")
+    sharded = evaluate(recipe, args, "--ckpt_path", "last", "--trainer.default_root_dir", str(tmp_path))
+    single = evaluate(recipe, args, "--policy_dir", str(tmp_path / "policy"), "--trainer.strategy", "auto",
+                      "--trainer.devices", "1", "--trainer.default_root_dir", str(tmp_path / "single"))
+    assert sharded["eval_prompts"] == single["eval_prompts"] == 16
+    for key in ("win_rate_vs_sft", "reward", "sft_reward", "win_rate_vs_reference"):
+        assert sharded[key] == single[key], key
+    assert sharded["rollout_batches"] == 3
+
+
+def test_evaluate_refuses_a_deepspeed_checkpoint_in_one_message(tiny_model, tiny_data, tmp_path, capsys):
+    from rlhf_lightning.cli import main
+
+    (tmp_path / "checkpoints" / "last.ckpt").mkdir(parents=True)  # a ZeRO checkpoint is a folder
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("seed_everything: 0\n")
+    args = online_args(tiny_model, tiny_data, tmp_path, "rebel", "zero3", 1)
+    evaluation = ["--trainer.callbacks+=rlhf_lightning.callbacks.WinRateEvaluation"]
+    with pytest.raises(SystemExit) as stop:
+        main(["evaluate", str(recipe), *args[1:], *evaluation, "--ckpt_path", "last"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err
+    assert "ckpt_path: evaluate cannot load a DeepSpeed checkpoint" in err and "--policy_dir" in err

@@ -68,16 +68,34 @@ class ZeroStrategy(DeepSpeedStrategy):
         else:
             super().setup_distributed()
 
-    def _setup_model_and_optimizer(self, model, optimizer, lr_scheduler=None):
+    @contextmanager
+    def _device_rank_on_cpu(self) -> Iterator[None]:
+        """Lightning passes ``deepspeed.initialize`` the device's CUDA index, which a CPU lacks: give DeepSpeed the
+        local rank instead (for training and for the validate loop of ``evaluate``)."""
         if self.root_device.type != "cpu":
-            return super()._setup_model_and_optimizer(model, optimizer, lr_scheduler)
-        import deepspeed  # a CPU has no device index: DeepSpeed takes the local rank instead
+            yield
+            return
+        import deepspeed
 
-        engine, deepspeed_optimizer, _, _ = deepspeed.initialize(
-            args=argparse.Namespace(device_rank=self.local_rank), config=self.config, model=model,
-            model_parameters=[p for p in model.parameters() if p.requires_grad], optimizer=optimizer,
-            lr_scheduler=lr_scheduler, dist_init_required=False)
-        return engine, deepspeed_optimizer
+        initialize = deepspeed.initialize
+
+        def with_local_rank(*args, **kwargs):
+            kwargs["args"] = argparse.Namespace(device_rank=self.local_rank)
+            return initialize(*args, **kwargs)
+
+        deepspeed.initialize = with_local_rank
+        try:
+            yield
+        finally:
+            deepspeed.initialize = initialize
+
+    def _setup_model_and_optimizer(self, model, optimizer, lr_scheduler=None):
+        with self._device_rank_on_cpu():
+            return super()._setup_model_and_optimizer(model, optimizer, lr_scheduler)
+
+    def _initialize_deepspeed_inference(self, model) -> None:
+        with self._device_rank_on_cpu():
+            super()._initialize_deepspeed_inference(model)
 
     @contextmanager
     def model_sharded_context(self) -> Iterator[None]:

@@ -1,5 +1,6 @@
 """Objectives: one file per method, all implementing :class:`Objective`."""
 
+from rlhf_lightning.objectives.apa import APA
 from rlhf_lightning.objectives.base import Needs, Objective
 from rlhf_lightning.objectives.dpo import DPO
 from rlhf_lightning.objectives.grpo import GRPO
@@ -16,5 +17,5 @@ from rlhf_lightning.objectives.sft import SFT
 from rlhf_lightning.objectives.simpo import SimPO
 from rlhf_lightning.objectives.slic import SLiC
 
-__all__ = ["DPO", "GRPO", "IPO", "KTO", "ORPO", "PPO", "REBEL", "REINFORCE", "RLOO", "SFT", "BradleyTerry", "Needs", "Objective",
+__all__ = ["APA", "DPO", "GRPO", "IPO", "KTO", "ORPO", "PPO", "REBEL", "REINFORCE", "RLOO", "SFT", "BradleyTerry", "Needs", "Objective",
            "OnlineDPO", "SLiC", "SimPO"]

@@ -9,11 +9,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from rlhf_lightning.advantages import ReduceSum, gae, masked_whiten, per_token_rewards
+from rlhf_lightning.advantages import ReduceSum, add_critic_advantages
 from rlhf_lightning.errors import RecipeError
 from rlhf_lightning.logprobs import kl_per_token, masked_mean
 from rlhf_lightning.objectives.base import Needs, Objective
-from rlhf_lightning.policy_loss import clipped_surrogate, reduce_tokens
+from rlhf_lightning.policy_loss import clipped_surrogate, clipped_value_loss, reduce_tokens, value_metrics
 from rlhf_lightning.rollout import Rollout
 
 
@@ -92,30 +92,7 @@ class PPO(Objective):
         self.needs = replace(self.needs, entropy=entropy_coef > 0, pretrain_coef=ptx_coef)
 
     def prepare(self, rollout: Rollout, reduce_sum: ReduceSum) -> Rollout:
-        if rollout.values is None:
-            raise ValueError("PPO needs the critic's values at rollout time (rollout.values); the Rollout callback "
-                             "records them when the objective declares Needs(critic=True)")
-        mask = rollout.response_mask  # [N, R]
-        token_rewards = per_token_rewards(rollout.rewards, rollout.old_logprobs, rollout.ref_logprobs, mask,
-                                          rollout.kl_coef)  # [N, R]
-        advantages, returns = gae(token_rewards, rollout.values, mask, self.gamma, self.lam)  # [N, R] each
-        # global statistics (all processes) of the raw advantages and returns, for the logs
-        sums = reduce_sum(torch.stack([mask.sum(), (advantages * mask).sum(), (advantages.pow(2) * mask).sum(),
-                                       (returns * mask).sum()]).float())
-        count = sums[0].clamp(min=1)
-        advantage_mean = sums[1] / count
-        advantage_variance = (sums[2] / count - advantage_mean.pow(2)).clamp(min=0)
-        advantage_std = (advantage_variance * count / (count - 1).clamp(min=1)).sqrt()  # unbiased, as masked_whiten
-        if self.whiten_advantages:
-            advantages = masked_whiten(advantages, mask, reduce_sum)
-        rollout.extras["advantages"] = advantages
-        rollout.extras["returns"] = returns
-        rollout.metrics.update({
-            "ppo/return_mean": float(sums[3] / count),
-            "ppo/advantage_mean": float(advantage_mean),
-            "ppo/advantage_std": float(advantage_std),
-        })
-        return rollout
+        return add_critic_advantages(rollout, "ppo", self.gamma, self.lam, self.whiten_advantages, reduce_sum)
 
     def chunk_weight(self, chunk, whole) -> float:
         """The loss is a mean over response tokens: weight micro-batches by their share of tokens."""
@@ -138,15 +115,7 @@ class PPO(Objective):
         per_token, ratio, clipped = clipped_surrogate(logprobs, old_logprobs, advantages, self.clip_ratio)  # [N, R]
         policy_loss = reduce_tokens(per_token, mask, "token_mean")
 
-        value_error = (values - returns).pow(2)  # [N, R]
-        if self.value_clip is not None:
-            clipped_values = old_values + (values - old_values).clamp(-self.value_clip, self.value_clip)
-            clipped_error = (clipped_values - returns).pow(2)
-            value_clipped = clipped_error > value_error
-            value_error = torch.maximum(value_error, clipped_error)
-        else:
-            value_clipped = torch.zeros_like(real)
-        value_loss = 0.5 * masked_mean(value_error, mask)
+        value_loss, value_clipped = clipped_value_loss(values, old_values, returns, mask, self.value_clip)
 
         loss = policy_loss + self.vf_coef * value_loss
         metrics = {
@@ -162,20 +131,11 @@ class PPO(Objective):
             raise ValueError("PPO with entropy_coef > 0 needs the policy's entropy (entropy=[N, R])")
 
         with torch.no_grad():
-            residual_variance = _masked_variance(returns - values, mask)
             metrics.update({
                 "loss/total": loss.detach(),
                 "ppo/clip_fraction": masked_mean(clipped.float(), mask),
                 "ppo/approx_kl": masked_mean(kl_per_token(old_logprobs, logprobs, "k3"), mask),  # KL(π_t‖π_θ), k3
                 "ppo/ratio": masked_mean(ratio, mask),
-                "value/explained_variance": 1.0 - residual_variance / _masked_variance(returns, mask).clamp(min=1e-8),
-                "value/mean": masked_mean(values, mask),
-                "value/clip_fraction": masked_mean(value_clipped.float(), mask),
+                **value_metrics(values, returns, mask, value_clipped),
             })
         return loss, metrics
-
-
-def _masked_variance(values: Tensor, mask: Tensor) -> Tensor:
-    """Population variance of ``values`` over the masked elements (0 if fewer than one)."""
-    mean = masked_mean(values, mask)
-    return masked_mean((values - mean).pow(2), mask)

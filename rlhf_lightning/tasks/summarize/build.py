@@ -114,6 +114,13 @@ def _save_sft(files: TaskFiles, examples: Sequence[Example], config: SFTConfig, 
     start = time.perf_counter()
     texts = [f"{ex.prompt} {ex.reference}" for ex in examples]
     tokenizer = train_tokenizer(texts, model_max_length=config.context)
+    return train_and_save_sft(files, tokenizer, examples, config, seed, progress, start)
+
+
+def train_and_save_sft(files: TaskFiles, tokenizer, examples: Sequence, config: SFTConfig, seed: int, progress: bool,
+                       start: float) -> dict:
+    """A fresh model for ``tokenizer``, trained on ``examples`` (prompt, reference), saved with the tokenizer
+    atomically into ``files.sft`` (shared by the embedded tasks); the final loss and the seconds since ``start``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = make_model(tokenizer, config)

@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from rlhf_lightning.data.offline import PreferenceDataModule, SFTDataModule, UnpairedDataModule
-from rlhf_lightning.data.prompts import PromptDataModule
+from rlhf_lightning.tasks.embedded import EmbeddedPromptTask
 from rlhf_lightning.tasks.summarize.build import TaskFiles, build_task
 
 
-class SummarizeTask(PromptDataModule):
+class SummarizeTask(EmbeddedPromptTask):
     """Prompts of the offline TL;DR-style task; builds (or reuses) the task under ``root`` first.
 
     ``prepare_data`` writes the splits and the SFT warm-start model (``<root>/sft``, also the
@@ -29,25 +29,16 @@ class SummarizeTask(PromptDataModule):
         seed: shuffling seed (default: the run's ``seed_everything``).
     """
 
+    reference_name = "reference"
+
     def __init__(self, root: str = "runs/.cache/summarize", task_seed: int = 0, sft_steps: int = 1800,
                  batch_size: int = 32, max_prompt_length: int = 64,
                  on_long_prompt: Literal["error", "skip"] = "error", shuffle: bool = True,
                  seed: Optional[int] = None) -> None:
-        files = TaskFiles.at(root)
-        super().__init__(train_file=str(files.train), tokenizer=str(files.sft), validation_file=str(files.validation),
-                         test_file=str(files.test), prompt_column="prompt", reference_column="reference",
-                         batch_size=batch_size, max_prompt_length=max_prompt_length,
-                         on_long_prompt=on_long_prompt, shuffle=shuffle, seed=seed)
-        self.root = Path(root)
-        self.task_seed = task_seed
-        self.sft_steps = sft_steps
+        super().__init__(root, task_seed, sft_steps, batch_size, max_prompt_length, on_long_prompt, shuffle, seed)
 
-    def prepare_data(self) -> None:
+    def build(self) -> None:
         build_task(self.root, self.task_seed, sft_steps=self.sft_steps)
-
-    def setup(self, stage: Optional[str] = None) -> None:
-        self.prepare_data()  # no-op when built; covers processes on nodes where prepare_data did not run
-        super().setup(stage)
 
 
 def ensure_base_model(root: str | Path, seed: int = 0) -> Path:
