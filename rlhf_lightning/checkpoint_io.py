@@ -132,9 +132,10 @@ def read_problem(path: Path, error: BaseException) -> Optional[RecipeError]:
         return RecipeError(FIELD, f"'{path}' holds objects other than tensors and plain values, which are not "
                                   "loaded (a checkpoint that runs code when loaded is refused)",
                            "resume from a checkpoint this library wrote")
-    if isinstance(error, FileNotFoundError) or not isinstance(error, (EOFError, RuntimeError, OSError, ValueError,
-                                                                       pickle.UnpicklingError)):
+    if isinstance(error, (FileNotFoundError, RecipeError)) or not isinstance(error, Exception):
         return None
+    # anything else torch.load raises is the file's fault: unpickling garbage gives EOFError, UnpicklingError,
+    # KeyError (a memo index), IndexError, struct.error, ValueError, ... depending on the bytes
     return damaged(path, error)
 
 

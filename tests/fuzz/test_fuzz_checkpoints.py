@@ -72,6 +72,9 @@ CASES = {
                         "cannot be read"),
     "random bytes": (lambda m, d, r, t: (_write(r, "noise.ckpt", lambda p: p.write_bytes(os.urandom(4096))), []),
                      "cannot be read"),
+    "a pickle reading a memo it never wrote": (  # the unpickler's KeyError (random bytes hit it now and then)
+        lambda m, d, r, t: (_write(r, "memo.ckpt", lambda p: p.write_bytes(b"\x80\x02h\x05.")), []),
+        "cannot be read"),
     "a safetensors file": (lambda m, d, r, t: (str(r / "policy" / "model.safetensors"), []),
                            "is a safetensors weights file, not a training checkpoint"),
     "an epoch-end checkpoint of a finished run": (lambda m, d, r, t: (_write(r, "end.ckpt", _epoch_done), []),
