@@ -12,7 +12,7 @@ from typing import Sequence, Union
 
 from rlhf_lightning.tasks.arithmetic.problems import Problem, ProblemConfig, human_examples, make_splits
 from rlhf_lightning.tasks.arithmetic.tokenizer import build_tokenizer
-from rlhf_lightning.tasks.summarize.build import (SPLITS, TaskFiles, _about, _file_matches, _locked, _sft_complete,
+from rlhf_lightning.tasks.summarize.build import (SPLITS, TaskFiles, _about, _locked, outdated,
                                                   _sha256, _write_atomic, _say, read_split, train_and_save_sft)
 from rlhf_lightning.tasks.summarize.sft import SFTConfig
 
@@ -76,10 +76,7 @@ def _build(files: TaskFiles, seed: int, sizes: dict, problems: ProblemConfig, co
     data_params = {"seed": seed, "sizes": sizes, "problems": asdict(problems)}
     sft_params = {"seed": seed, **config.to_dict()}
     old = _read_manifest(files.manifest)
-    same_data = old.get("data") == data_params
-    digests = old.get("digests", {}) if same_data else {}
-    stale = [name for name in SPLITS if not _file_matches(files.split(name), digests.get(name))]
-    retrain = not (same_data and old.get("sft") == sft_params and _sft_complete(files.sft))
+    digests, stale, retrain = outdated(files, old, data_params, sft_params)
     if not stale and not retrain:
         return
     log.info("building arithmetic task in %s (splits: %s, retrain SFT: %s)", files.root, stale, retrain)

@@ -104,6 +104,17 @@ def _locked(root: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def outdated(files: TaskFiles, old: dict, data_params: dict, sft_params: dict) -> tuple[dict, list[str], bool]:
+    """What a build must redo, from the manifest ``old`` of the last build: the recorded split digests (when the
+    data settings are the same), the splits to rewrite, and whether to retrain the SFT model (shared by the
+    embedded tasks)."""
+    same_data = old.get("data") == data_params
+    digests = old.get("digests", {}) if same_data else {}
+    stale = [name for name in SPLITS if not _file_matches(files.split(name), digests.get(name))]
+    retrain = not (same_data and old.get("sft") == sft_params and _sft_complete(files.sft))
+    return digests, stale, retrain
+
+
 def _sft_complete(directory: Path) -> bool:
     return all((directory / name).is_file() for name in SFT_FILES)
 
@@ -121,6 +132,9 @@ def train_and_save_sft(files: TaskFiles, tokenizer, examples: Sequence, config: 
                        start: float) -> dict:
     """A fresh model for ``tokenizer``, trained on ``examples`` (prompt, reference), saved with the tokenizer
     atomically into ``files.sft`` (shared by the embedded tasks); the final loss and the seconds since ``start``."""
+    from rlhf_lightning.progress import quiet_third_party_bars
+
+    quiet_third_party_bars()  # "Writing model shards" would write \r updates into a log (also outside the CLI)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = make_model(tokenizer, config)
@@ -171,10 +185,7 @@ def _build(files: TaskFiles, seed: int, sizes: dict[str, int], sft_config: SFTCo
     sft_params = {"seed": seed, **sft_config.to_dict()}
 
     old = _read_manifest(files.manifest)
-    same_data = old.get("data") == data_params
-    digests = old.get("digests", {}) if same_data else {}
-    stale = [name for name in SPLITS if not _file_matches(files.split(name), digests.get(name))]
-    retrain = not (same_data and old.get("sft") == sft_params and _sft_complete(files.sft))
+    digests, stale, retrain = outdated(files, old, data_params, sft_params)
     if not stale and not retrain:
         return
 
