@@ -17,52 +17,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import random
-import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, Run, cell, run
 METHODS = {"grpo": 4, "dr_grpo": 4, "rloo": 4, "rebel": 2}  # recipe name → samples per prompt
 KEYS = ("accuracy", "kl", "seconds")
 
 
 def run_method(name: str, seed: int, budget: int, prompts_per_batch: int, out: Path) -> dict:
     """Train one method with ``budget`` generated samples; returns its summary.json."""
-    root = out / "runs" / name / f"seed{seed}"
     batches = max(1, budget // (prompts_per_batch * METHODS[name]))
-    args = [sys.executable, "-m", "rlhf_lightning.cli", "run", str(ROOT / "recipes" / "verifiable" / f"{name}.yaml"),
-            "--seed_everything", str(seed), "--trainer.default_root_dir", str(root), "--overwrite", "true",
-            "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-            "--data.init_args.batch_size", str(prompts_per_batch), "--trainer.limit_train_batches", str(batches)]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "WANDB_MODE": "offline"}
-    started = time.time()
-    result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"{name} seed {seed} failed:\n{result.stderr[-4000:]}")
-    summary = json.loads((root / "summary.json").read_text())
-    summary["seconds"] = round(time.time() - started, 1)
+    summary = run(Run(f"recipes/verifiable/{name}.yaml", seed, out / "runs" / name / f"seed{seed}",
+                      ("--data.init_args.batch_size", str(prompts_per_batch),
+                       "--trainer.limit_train_batches", str(batches))))
+    summary["seconds"] = summary["wall_seconds"]
     print(f"  {name:<8} seed {seed}: accuracy {summary['reward']:.3f} (SFT {summary['sft_reward']:.3f}), "
           f"KL {summary['kl']:.2f} ({summary['seconds']:.0f} s)", flush=True)
     return summary
-
-
-def bootstrap_ci(values: list[float], resamples: int = 10_000, seed: int = 0) -> tuple[float, float] | None:
-    """95 % percentile-bootstrap interval of the mean of ``values`` (None for fewer than two values)."""
-    if len(values) < 2:
-        return None
-    rng = random.Random(seed)
-    means = sorted(statistics.fmean(rng.choices(values, k=len(values))) for _ in range(resamples))
-    return means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
-
-
-def cell(values: list[float], digits: int) -> str:
-    mean = statistics.fmean(values)
-    ci = bootstrap_ci(values)
-    return f"{mean:.{digits}f}" + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "")
 
 
 def write_markdown(rows: list[dict], path: Path, seeds: list[int], budget: int) -> None:

@@ -4,7 +4,6 @@ tokenizer and the SFT warm-start model (the summarisation task's tiny Llama and 
 from __future__ import annotations
 
 import json
-import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -12,12 +11,10 @@ from typing import Sequence, Union
 
 from rlhf_lightning.tasks.arithmetic.problems import Problem, ProblemConfig, human_examples, make_splits
 from rlhf_lightning.tasks.arithmetic.tokenizer import build_tokenizer
-from rlhf_lightning.tasks.summarize.build import (SPLITS, TaskFiles, _about, _locked, outdated,
-                                                  _sha256, _write_atomic, _say, read_split, train_and_save_sft)
+from rlhf_lightning.tasks.summarize.build import TaskFiles, _locked, build_embedded, read_split, train_and_save_sft
 from rlhf_lightning.tasks.summarize.sft import SFTConfig
 
 VERSION = "arithmetic-v1"
-log = logging.getLogger(__name__)
 # Seconds a build takes on a shared 2-core machine (for the line announcing it): the splits and tokenizer in
 # well under a second, then about 0.04-0.055 s per SFT step (measured: 2000 steps in 113 s).
 DATA_SECONDS, SFT_SECONDS_PER_STEP = 1.0, 0.055
@@ -31,14 +28,6 @@ def sft_config(steps: int = 2000, batch_size: int = 64, lr: float = 3e-3) -> SFT
 
 def _jsonl(problems: Sequence[Problem]) -> bytes:
     return "".join(json.dumps({"prompt": p.prompt, "answer": p.answer}) + "\n" for p in problems).encode("utf-8")
-
-
-def _read_manifest(path: Path) -> dict:
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return manifest if isinstance(manifest, dict) and manifest.get("version") == VERSION else {}
 
 
 def build_task(
@@ -73,34 +62,14 @@ def build_task(
 
 def _build(files: TaskFiles, seed: int, sizes: dict, problems: ProblemConfig, config: SFTConfig,
            progress: bool) -> None:
-    data_params = {"seed": seed, "sizes": sizes, "problems": asdict(problems)}
-    sft_params = {"seed": seed, **config.to_dict()}
-    old = _read_manifest(files.manifest)
-    digests, stale, retrain = outdated(files, old, data_params, sft_params)
-    if not stale and not retrain:
-        return
-    log.info("building arithmetic task in %s (splits: %s, retrain SFT: %s)", files.root, stale, retrain)
-    start = time.perf_counter()
-    if progress:
-        about = _about(DATA_SECONDS + retrain * config.steps * SFT_SECONDS_PER_STEP)
-        _say(f"Building the embedded arithmetic task under {files.root} (splits {stale}, SFT warm start: "
-             f"{retrain}; {about})")
-    splits = make_splits(sizes, seed, problems)
-    new_digests = {}
-    for name in SPLITS:
-        data = _jsonl(splits[name])
-        new_digests[name] = _sha256(data)
-        if name in stale:
-            _write_atomic(files.split(name), data)
-    retrain = retrain or new_digests != digests
-    sft_stats = old.get("sft_stats", {})
-    if retrain:
-        sft_stats = _save_sft(files, human_examples(splits["train"], seed, problems), config, seed, progress)
-    manifest = {"version": VERSION, "data": data_params, "sft": sft_params, "digests": new_digests,
-                "sft_stats": sft_stats}
-    _write_atomic(files.manifest, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
-    if progress:
-        _say(f"Built the embedded arithmetic task under {files.root} in {time.perf_counter() - start:.0f} s")
+    build_embedded(
+        files, title="arithmetic", version=VERSION, progress=progress,
+        data_params={"seed": seed, "sizes": sizes, "problems": asdict(problems)},
+        sft_params={"seed": seed, **config.to_dict()},
+        make_records=lambda: make_splits(sizes, seed, problems), to_jsonl=_jsonl,
+        save_sft=lambda splits: _save_sft(files, human_examples(splits["train"], seed, problems), config, seed,
+                                          progress),
+        seconds=lambda retrain: DATA_SECONDS + retrain * config.steps * SFT_SECONDS_PER_STEP)
 
 
 def _save_sft(files: TaskFiles, examples, config: SFTConfig, seed: int, progress: bool) -> dict:

@@ -12,7 +12,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Sequence, Union
+from typing import Callable, Iterator, Sequence, Union
 
 import torch
 
@@ -76,12 +76,13 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _read_manifest(path: Path) -> dict:
+def _read_manifest(path: Path, version: str = VERSION) -> dict:
+    """The manifest at ``path`` when it is one of ``version``, else ``{}``."""
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return manifest if isinstance(manifest, dict) and manifest.get("version") == VERSION else {}
+    return manifest if isinstance(manifest, dict) and manifest.get("version") == version else {}
 
 
 def _file_matches(path: Path, digest: str | None) -> bool:
@@ -181,39 +182,49 @@ def build_task(
 
 def _build(files: TaskFiles, seed: int, sizes: dict[str, int], sft_config: SFTConfig, progress: bool) -> None:
     """Bring ``files`` up to date (see :func:`build_task`)."""
-    data_params = {"seed": seed, "sizes": sizes, "corpus": asdict(CorpusConfig())}
-    sft_params = {"seed": seed, **sft_config.to_dict()}
+    build_embedded(
+        files, title="summarisation", version=VERSION, progress=progress,
+        data_params={"seed": seed, "sizes": sizes, "corpus": asdict(CorpusConfig())},
+        sft_params={"seed": seed, **sft_config.to_dict()},
+        make_records=lambda: make_splits(sizes, seed), to_jsonl=_jsonl,
+        save_sft=lambda splits: _save_sft(files, splits["train"], sft_config, seed, progress),
+        seconds=lambda retrain: DATA_SECONDS + retrain * sft_config.steps * SFT_SECONDS_PER_STEP)
 
-    old = _read_manifest(files.manifest)
+
+def build_embedded(files: TaskFiles, *, title: str, version: str, data_params: dict, sft_params: dict,
+                   make_records: Callable[[], dict[str, list]], to_jsonl: Callable[[list], bytes],
+                   save_sft: Callable[[dict[str, list]], dict], seconds: Callable[[bool], float],
+                   progress: bool) -> None:
+    """The build driver of every embedded task: compare the manifest of the last build (``version``) with the
+    parameters, rewrite the stale splits (``make_records()`` → ``to_jsonl`` per split), retrain the SFT model
+    when needed (``save_sft(records)`` → its stats), then write the manifest; announce the build (``seconds``:
+    its estimated length, given whether SFT is retrained) and its end when ``progress``."""
+    old = _read_manifest(files.manifest, version)
     digests, stale, retrain = outdated(files, old, data_params, sft_params)
     if not stale and not retrain:
         return
-
-    log.info("building summarize task in %s (splits: %s, retrain SFT: %s)", files.root, stale, retrain)
+    log.info("building %s task in %s (splits: %s, retrain SFT: %s)", title, files.root, stale, retrain)
     start = time.perf_counter()
     if progress:
         why = "first run only" if not old else "its files are missing or out of date"
-        about = _about(DATA_SECONDS + retrain * sft_config.steps * SFT_SECONDS_PER_STEP)
-        _say(f"Building the embedded summarisation task under {files.root} ({_what(stale, retrain, old)}; {why}, "
-             f"{about})")
-    splits = make_splits(sizes, seed)
+        _say(f"Building the embedded {title} task under {files.root} ({_what(stale, retrain, old)}; {why}, "
+             f"{_about(seconds(retrain))})")
+    records = make_records()
     new_digests = {}
     for name in SPLITS:
-        data = _jsonl(splits[name])
+        data = to_jsonl(records[name])
         new_digests[name] = _sha256(data)
         if name in stale:
             _write_atomic(files.split(name), data)
     if new_digests != digests:
         retrain = True  # the data changed under the saved model (or was never recorded)
-    sft_stats = old.get("sft_stats", {})
-    if retrain:
-        sft_stats = _save_sft(files, splits["train"], sft_config, seed, progress)
-    manifest = {"version": VERSION, "data": data_params, "sft": sft_params, "digests": new_digests,
+    sft_stats = save_sft(records) if retrain else old.get("sft_stats", {})
+    manifest = {"version": version, "data": data_params, "sft": sft_params, "digests": new_digests,
                 "sft_stats": sft_stats}
     _write_atomic(files.manifest, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
     if progress:
         loss = f", SFT final loss {sft_stats['final_loss']:.3f}" if retrain and "final_loss" in sft_stats else ""
-        _say(f"Built the embedded summarisation task under {files.root} in {time.perf_counter() - start:.0f} s{loss}")
+        _say(f"Built the embedded {title} task under {files.root} in {time.perf_counter() - start:.0f} s{loss}")
 
 
 def _what(stale: Sequence[str], retrain: bool, old: dict) -> str:

@@ -74,15 +74,16 @@ class _EmbeddedOffline:
     sft_steps: int
     label_noise: Optional[float] = None
     preference_seed: int = 0
+    task_kind: str = "summarize"  # which embedded task (rlhf_lightning.tasks.summarize.preferences.TASK_KINDS)
 
     def prepare_data(self) -> None:
-        build_task(self.root, self.task_seed, sft_steps=self.sft_steps)
+        from rlhf_lightning.tasks.summarize.preferences import preference_files, task_kind
+
+        task_kind(self.task_kind).build_task(self.root, self.task_seed, sft_steps=self.sft_steps)
         ensure_base_model(self.root, self.task_seed)
         if self.label_noise is not None:
-            from rlhf_lightning.tasks.summarize.preferences import preference_files
-
             preference_files(self.root, self.label_noise, self.preference_seed, task_seed=self.task_seed,
-                             task_options={"sft_steps": self.sft_steps})
+                             task_options={"sft_steps": self.sft_steps}, task=self.task_kind)
 
     def setup(self, stage: Optional[str] = None) -> None:
         self.prepare_data()  # no-op when built

@@ -46,7 +46,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -71,6 +71,30 @@ from rlhf_lightning.tasks.summarize.judge import gold_score
 
 FORMAT = "summarize-preferences-v1"
 """Version of the preference files' format and sampling procedure (a change rebuilds them)."""
+
+
+
+@dataclass(frozen=True)
+class TaskKind:
+    """What the preference sampler needs to know of an embedded task: how to build it, the version of its
+    manifest, its gold judge and its oracle response."""
+
+    build_task: Callable[..., TaskFiles]
+    version: str
+    score: Callable[[str, str], float]
+    oracle: Callable[[str], str]
+
+
+def task_kind(name: str) -> TaskKind:
+    """The embedded task ``name`` (``summarize`` or ``headline``)."""
+    if name == "summarize":
+        return TaskKind(build_task, VERSION, gold_score, oracle_summary)
+    if name == "headline":
+        from rlhf_lightning.tasks import headline
+
+        return TaskKind(headline.build_task, headline.VERSION, headline.headline_score, headline.oracle_headline)
+    raise ValueError(f"unknown embedded task '{name}', expected 'summarize' or 'headline'")
+
 
 MAX_PROMPTS_PER_PAIR = 20  # give up when a split needs more than this many prompts per kept pair
 log = logging.getLogger(__name__)
@@ -127,6 +151,7 @@ def build_preferences(
     batch_size: int = 1024,
     task_seed: int = 0,
     task_options: Optional[Mapping[str, Any]] = None,
+    task: str = "summarize",
     progress: bool = True,
 ) -> PreferenceFiles:
     """Build (or reuse) gold-judge-labelled preference pairs of the task under ``task_root``.
@@ -160,6 +185,7 @@ def build_preferences(
             reference / the oracle summary instead of a second SFT sample (sum ≤ 1).
         batch_size: sequences per ``generate`` call (results depend on it: sampling order).
         task_seed / task_options: arguments of :func:`~.build.build_task` for the task itself.
+        task: which embedded task (``summarize``, or ``headline``: its build, judge and oracle).
         progress: show progress bars.
     """
     _check(label_noise=label_noise, noisy_splits=noisy_splits, temperature=temperature,
@@ -167,17 +193,20 @@ def build_preferences(
            batch_size=batch_size,
            sizes={"n_train_pairs": n_train_pairs, "n_validation_pairs": n_validation_pairs,
                   "n_test_pairs": n_test_pairs})
-    task = build_task(task_root, task_seed, **{"progress": progress, **(task_options or {})})
+    kind = task_kind(task)
+    task_files = kind.build_task(task_root, task_seed, **{"progress": progress, **(task_options or {})})
     params = {
         "format": FORMAT, "seed": seed, "label_noise": label_noise, "noisy_splits": sorted(set(noisy_splits)),
         "pairs": {"train": n_train_pairs, "validation": n_validation_pairs, "test": n_test_pairs},
         "temperature": temperature, "max_new_tokens": max_new_tokens, "reference_share": reference_share,
         "oracle_share": oracle_share, "batch_size": batch_size,
     }
+    if task != "summarize":
+        params["task"] = task
     files = PreferenceFiles.at(preference_dir(task_root, label_noise, seed))
     files.root.mkdir(parents=True, exist_ok=True)
     with _locked(files.root):
-        _build(files, task, params, progress)
+        _build(files, task_files, kind, params, progress)
     return files
 
 
@@ -217,16 +246,16 @@ def _check(*, label_noise: float, noisy_splits: Sequence[str], temperature: floa
     raise_all(errors)
 
 
-def _task_identity(task: TaskFiles) -> dict:
+def _task_identity(task: TaskFiles, version: str = VERSION) -> dict:
     """What the preference set depends on in the task: its data / SFT parameters and file digests."""
-    manifest = _read_manifest(task.manifest)
+    manifest = _read_manifest(task.manifest, version)
     return {"data": manifest.get("data"), "sft": manifest.get("sft"), "digests": manifest.get("digests"),
             "model": _sha256((task.sft / "model.safetensors").read_bytes())}
 
 
-def _build(files: PreferenceFiles, task: TaskFiles, params: dict, progress: bool) -> None:
+def _build(files: PreferenceFiles, task: TaskFiles, kind: TaskKind, params: dict, progress: bool) -> None:
     """Bring ``files`` up to date (see :func:`build_preferences`)."""
-    identity = _task_identity(task)
+    identity = _task_identity(task, kind.version)
     old = _read_manifest(files.manifest)
     same = old.get("params") == params and old.get("task") == identity
     digests = old.get("digests", {}) if same else {}
@@ -251,7 +280,7 @@ def _build(files: PreferenceFiles, task: TaskFiles, params: dict, progress: bool
                        disable=not progress)
     try:
         for name in stale:
-            pairs, counts[name] = _sample_pairs(model, tokenizer, read_split(task.split(name)), name, params, bar)
+            pairs, counts[name] = _sample_pairs(model, tokenizer, read_split(task.split(name)), name, params, bar, kind)
             for unpaired, data in ((False, _pairs_jsonl(pairs)), (True, _unpaired_jsonl(pairs))):
                 path = files.split(name, unpaired)
                 digests[path.name] = _sha256(data)
@@ -279,8 +308,9 @@ def _prompt_order(records: list[dict], rng: random.Random):
 
 
 def _sample_pairs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[dict], split: str,
-                  params: dict, bar: Any) -> tuple[list[dict], dict]:
+                  params: dict, bar: Any, kind: Optional[TaskKind] = None) -> tuple[list[dict], dict]:
     """``params["pairs"][split]`` labelled pairs from the prompts in ``records``, and the split's counts."""
+    kind = kind or task_kind("summarize")
     wanted = params["pairs"][split]
     order = _prompt_order(records, random.Random(_stream_seed(params, split, "prompts")))
     mix_rng = random.Random(_stream_seed(params, split, "candidates"))
@@ -311,13 +341,13 @@ def _sample_pairs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, re
                 a, b = (samples[2 * i], "sft"), (samples[2 * i + 1], "sft")
                 draw = mix_rng.random()  # one draw per prompt, whatever the shares
                 if draw < params["oracle_share"]:
-                    b = (oracle_summary(prompt), "oracle")
+                    b = (kind.oracle(prompt), "oracle")
                 elif draw < params["oracle_share"] + params["reference_share"]:
                     b = (record["reference"], "reference")
                 if a[0] == b[0]:
                     tally["identical"] += 1
                     continue
-                score_a, score_b = gold_score(prompt, a[0]), gold_score(prompt, b[0])
+                score_a, score_b = kind.score(prompt, a[0]), kind.score(prompt, b[0])
                 if score_a == score_b:
                     tally["ties"] += 1
                     continue
