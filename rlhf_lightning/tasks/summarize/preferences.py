@@ -90,9 +90,12 @@ def task_kind(name: str) -> TaskKind:
     if name == "summarize":
         return TaskKind(build_task, VERSION, gold_score, oracle_summary)
     if name == "headline":
-        from rlhf_lightning.tasks import headline
+        from rlhf_lightning.tasks.headline.build import VERSION as HEADLINE_VERSION
+        from rlhf_lightning.tasks.headline.build import build_task as build_headline
+        from rlhf_lightning.tasks.headline.corpus import oracle_headline
+        from rlhf_lightning.tasks.headline.judge import headline_score
 
-        return TaskKind(headline.build_task, headline.VERSION, headline.headline_score, headline.oracle_headline)
+        return TaskKind(build_headline, HEADLINE_VERSION, headline_score, oracle_headline)
     raise ValueError(f"unknown embedded task '{name}', expected 'summarize' or 'headline'")
 
 
