@@ -3,6 +3,7 @@ step, with the per-step log-probabilities that REBEL's Eq. 1 and the clipped obj
 
 from rlhf_lightning.diffusion.ddim import (Trajectory, check_ddim_eta, ddim_sigma, ddim_step, gaussian_log_prob,
                                            sample_trajectory, trajectory_log_probs)
+from rlhf_lightning.diffusion.schedule import ddim_schedule
 
-__all__ = ["Trajectory", "check_ddim_eta", "ddim_sigma", "ddim_step", "gaussian_log_prob", "sample_trajectory",
+__all__ = ["Trajectory", "check_ddim_eta", "ddim_schedule", "ddim_sigma", "ddim_step", "gaussian_log_prob", "sample_trajectory",
            "trajectory_log_probs"]
