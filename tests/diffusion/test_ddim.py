@@ -108,3 +108,41 @@ def test_bad_timesteps_are_refused(timesteps):
     model, alphas_cumprod, _ = _setup()
     with pytest.raises(RecipeError, match="timesteps"):
         sample_trajectory(model, torch.zeros(1, 2, 4, 4), torch.tensor([0]), timesteps, alphas_cumprod, 1.0)
+
+
+# ------------------------------------------------------------------------------------------------ objectives
+def test_rebel_consumes_trajectory_log_probs_unchanged():
+    """REBEL's Eq. 1 on a pair of trajectories per prompt: (1/η)·(Σ_k Δ ln π of y − Σ_k Δ ln π of y′) − (r − r′)."""
+    from rlhf_lightning.diffusion import trajectory_rollout
+    from rlhf_lightning.objectives import REBEL
+
+    model, alphas_cumprod, timesteps = _setup()
+    condition = torch.tensor([0, 0, 1, 1])  # two prompts, two samples each
+    trajectory = sample_trajectory(model, torch.randn(4, 2, 4, 4, generator=torch.Generator().manual_seed(5)),
+                                   condition, timesteps, alphas_cumprod, 1.0, torch.Generator().manual_seed(6))
+    rewards = torch.tensor([0.9, 0.1, -0.2, 0.4])
+    rollout = trajectory_rollout(trajectory, rewards, group_size=2)
+    with torch.no_grad():
+        model.conv.weight.mul_(1.1)
+    current = trajectory_log_probs(model, trajectory, condition, alphas_cumprod, 1.0)
+    eta = 0.5
+    loss, _ = REBEL(eta=eta).loss(current, rollout)
+    ratio = (current - trajectory.log_probs).sum(dim=1)  # [4] ln π_θ(τ) − ln π_t(τ)
+    by_hand = ((((ratio[0] - ratio[1]) / eta) - (0.9 - 0.1)) ** 2 + (((ratio[2] - ratio[3]) / eta) - (-0.2 - 0.4)) ** 2) / 2
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
+    loss.backward()
+    assert model.conv.weight.grad.abs().sum() > 0
+    # at the sampling policy the log-ratios vanish and the loss is the mean squared reward gap
+    at_start, _ = REBEL(eta=eta).loss(trajectory.log_probs, rollout)
+    assert at_start.item() == pytest.approx(((0.8 ** 2) + (0.6 ** 2)) / 2)
+
+
+def test_trajectory_rewards_of_the_wrong_shape_or_not_finite_are_refused():
+    from rlhf_lightning.diffusion import trajectory_rollout
+
+    model, alphas_cumprod, timesteps = _setup()
+    trajectory = sample_trajectory(model, torch.zeros(2, 2, 4, 4), torch.tensor([0, 0]), timesteps, alphas_cumprod, 1.0)
+    with pytest.raises(ValueError, match="shape"):
+        trajectory_rollout(trajectory, torch.zeros(2, 1), group_size=2)
+    with pytest.raises(ValueError, match="finite"):
+        trajectory_rollout(trajectory, torch.tensor([0.0, float("nan")]), group_size=2)
