@@ -3,7 +3,7 @@
 REBEL regresses ``(r(x, y) − r(x, y')) / η`` onto the difference of log-ratios, so ``1/η`` scales the reward
 differences it fits (η plays the role of a step size: seed 001, Section 3). The paper's grid, η = 0.3 / 0.7 /
 1.0 / 2.0, gave win rates 55.5 / 59.9 / 70.2 / 62.5 at 2.8B on TL;DR. Here every η trains with Table 1's protocol
-(one epoch over the same 8192 prompts, batches of 32, 3 seeds), plus one value far outside the grid::
+(one epoch over the same 16384 prompts, batches of 32, 3 seeds), plus one value far outside the grid::
 
     python benchmarks/eta_ablation.py                  # η ∈ {0.3, 0.7, 1.0, 2.0, 10.0} × 3 seeds
     python benchmarks/eta_ablation.py --etas 0.5 1.0 --seeds 0 --parallel 2

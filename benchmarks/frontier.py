@@ -1,7 +1,7 @@
 """The reward–KL frontier of the REBEL paper (Figure 5) on the embedded headline task: REBEL against PPO.
 
-Both train with Table 1's protocol (one epoch over the same 8192 prompts, batches of 32) and are evaluated on the
-128 validation posts every 32 rollout batches (``every_n_rollouts`` of the headline recipes): gold reward against
+Both train with Table 1's protocol (one epoch over the same 16384 prompts, batches of 32) and are evaluated on the
+128 validation posts every 64 rollout batches (``every_n_rollouts`` of the headline recipes): gold reward against
 KL(π‖π_SFT), one curve per seed, starting at the SFT model (KL 0)::
 
     python benchmarks/frontier.py                      # REBEL and PPO × 3 seeds (Table 1's runs, reused)

@@ -24,7 +24,7 @@ def build_task(
     root: Union[str, Path] = "runs/.cache/headline",
     seed: int = 0,
     *,
-    n_train: int = 8192, n_validation: int = 128, n_test: int = 256, n_sft: int = 32768,
+    n_train: int = 16384, n_validation: int = 128, n_test: int = 256, n_sft: int = 32768,
     sft_steps: int = 1500, sft_batch_size: int = 64, sft_lr: float = 3e-3,
     progress: bool = True,
 ) -> TaskFiles:
