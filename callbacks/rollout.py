@@ -94,12 +94,7 @@ class Rollout(Callback):
         name = type(module.objective).__name__
         if not needs.rollout:
             return
-        if not needs.kl_in_reward and (self.kl_coef > 0 or self.target_kl is not None):
-            raise RecipeError(f"{FIELD}.kl_coef", f"{name} keeps the KL to the reference in its loss and learns from "
-                              f"the raw reward, but the rollout shapes rewards with γ = {self.kl_coef}"
-                              + (f" (adaptive, target_kl {self.target_kl})" if self.target_kl is not None else ""),
-                              "set rollout.init_args.kl_coef: 0 (and target_kl: null); the objective's own KL "
-                              "weight (e.g. GRPO's beta) regularises it")
+        self.check_kl_coef(module)
         datamodule = trainer.datamodule
         prompts = [row["input_ids"] for row in getattr(datamodule, "splits", {}).get("train", [])
                    if isinstance(row, dict) and "input_ids" in row]
@@ -110,6 +105,16 @@ class Rollout(Callback):
             raise RecipeError("data.init_args.reference_column",
                               f"objective {name} pairs samples with data set responses, but the data module names "
                               "no response column", "set reference_column to the column of the data set's responses")
+
+    def check_kl_coef(self, module: RLHFModule) -> None:
+        """An objective that keeps the KL in its loss (GRPO) must not also get KL-shaped rewards."""
+        name = type(module.objective).__name__
+        if not module.objective.needs.kl_in_reward and (self.kl_coef > 0 or self.target_kl is not None):
+            raise RecipeError(f"{FIELD}.kl_coef", f"{name} keeps the KL to the reference in its loss and learns from "
+                              f"the raw reward, but the rollout shapes rewards with γ = {self.kl_coef}"
+                              + (f" (adaptive, target_kl {self.target_kl})" if self.target_kl is not None else ""),
+                              "set rollout.init_args.kl_coef: 0 (and target_kl: null); the objective's own KL "
+                              "weight (e.g. GRPO's beta) regularises it")
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: dict, batch_idx: int) -> None:
         if pl_module.objective.needs.rollout:

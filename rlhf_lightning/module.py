@@ -360,6 +360,13 @@ class RLHFModule(LightningModule):
         return response_logprobs(self.policy, input_ids, attention_mask, prompt_length, temperature, with_entropy,
                                  entropy_grad)
 
+    @torch.no_grad()
+    def rollout_logprobs(self, samples: Samples) -> tuple[Tensor, Optional[Tensor]]:
+        """``ln π_t`` of the samples (``[N, R]``) and the per-token entropy, from a no-grad policy pass before any
+        update of this rollout batch (a policy of another kind, e.g. a diffusion model, overrides it)."""
+        return self.policy_logprobs(samples.input_ids, samples.attention_mask, samples.prompt_length,
+                                    samples.temperature, with_entropy=True)
+
     def takes_old_logprobs_from_update(self, num_rows: int) -> bool:
         """Whether the update of a rollout of ``num_rows`` rows is a single forward over all of them before
         any parameter change, so that ``training_step`` takes ``ln π_t`` from it instead of a separate
@@ -622,10 +629,7 @@ class RLHFModule(LightningModule):
             if not self.objective.needs.entropy:
                 first_forward = (logprobs, {k: v for k, v in outputs.items() if k != "entropy"})
         else:
-            with torch.no_grad():
-                old_logprobs, entropy = self.policy_logprobs(samples.input_ids, samples.attention_mask,
-                                                             samples.prompt_length, samples.temperature,
-                                                             with_entropy=True)
+            old_logprobs, entropy = self.rollout_logprobs(samples)
         # 2. shaped rewards
         require_finite("reward", samples.rewards, self._batch_number, self.reduce_sum)
         rollout = samples.with_policy_logprobs(old_logprobs, entropy)

@@ -106,7 +106,11 @@ def sample_trajectory(denoiser: Denoiser, noise: torch.Tensor, condition: Any, t
             t = torch.full((x.shape[0],), int(step), dtype=torch.long, device=x.device)
             mean, sigma = ddim_step(x, denoiser(x, t, condition), _alpha_bar(alphas_cumprod, int(step)),
                                     _alpha_bar(alphas_cumprod, prev), eta)
-            x = mean + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            if generator is None:
+                draw = torch.randn(x.shape, device=x.device, dtype=x.dtype)
+            else:  # the generator's device (a CPU generator gives the same numbers on any device)
+                draw = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
+            x = mean + sigma * draw
             latents.append(x)
             log_probs.append(gaussian_log_prob(x, mean, sigma))
     return Trajectory(torch.stack(latents, dim=1), [int(t) for t in timesteps], prev_steps,
