@@ -103,14 +103,12 @@ class DiffusionRLHFModule(RLHFModule):
         scheduler (that every step of the sampler is stochastic)."""
         if self.policy is not None:
             return
-        from rlhf_lightning.callbacks.image_rollout import ImageRollout
-
         if self._trainer is not None:
             raise_all(strategy_problems(self.trainer.strategy, str(self.trainer.precision)))
             install_safe_checkpoint_io(self.trainer.strategy)
-            if not any(isinstance(callback, ImageRollout) for callback in self.trainer.callbacks):
-                raise RecipeError("rollout", "a DiffusionRLHFModule samples images, but the rollout is not an "
-                                  "ImageRollout", "set rollout.class_path: rlhf_lightning.callbacks.ImageRollout")
+        if self.eta is None:  # ImageRollout.setup (which runs first) sets the sampler; a text Rollout does not
+            raise RecipeError("rollout", "a DiffusionRLHFModule samples images, but the rollout is not an ImageRollout "
+                              "(no sampler is set)", "set rollout.class_path: rlhf_lightning.callbacks.ImageRollout")
         raise_all(self.policy_config.problems(FIELD) + self.objective_problems())
         if self.reward is None:
             raise RecipeError("model.init_args.reward", f"objective {type(self.objective).__name__} learns from "
@@ -120,8 +118,6 @@ class DiffusionRLHFModule(RLHFModule):
             raise RecipeError("model.init_args.reward", f"{type(self.reward).__name__} scores text; a diffusion "
                               "policy needs an image reward", "use rlhf_lightning.diffusion.LearnedImageReward or "
                               "ImageFunctionReward")
-        if self.eta is None:
-            raise RecipeError("rollout", "no sampler is set", "set rollout.class_path: rlhf_lightning.callbacks.ImageRollout")
         self._unet_values = unet_config(self.policy_config, FIELD)
         if self._unet_values.get("_class_name") == "UNet2DConditionModel":
             raise RecipeError(f"{FIELD}.path", "is a text-conditional UNet (UNet2DConditionModel, e.g. Stable Diffusion "
@@ -139,12 +135,6 @@ class DiffusionRLHFModule(RLHFModule):
                                       "log-probs are not of the same samples", "use the policy's starting checkpoint")
         self._scheduler = load_scheduler(self.policy_config, FIELD)
         self.timesteps, self.alphas_cumprod = ddim_schedule(self._scheduler, self.num_steps, "rollout.init_args.num_steps")
-
-    def policy_model_config(self):
-        """The UNet's config (read once, without weights), as an object with attributes."""
-        from types import SimpleNamespace
-
-        return SimpleNamespace(**(self._unet_values or unet_config(self.policy_config, FIELD)))
 
     @property
     def resolution(self) -> int:
