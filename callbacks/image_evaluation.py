@@ -120,7 +120,7 @@ class ImageEvaluation(Callback):
         pl_module.policy.eval()
         with pl_module.precision_context():
             trajectory = sample_trajectory(pl_module.denoiser(), noise, condition, pl_module.timesteps,
-                                           pl_module.alphas_cumprod, pl_module.eta, generator=step_noise)
+                                           pl_module.alphas_cumprod, pl_module.sampler, generator=step_noise)
             ref = pl_module.trajectory_logprobs(trajectory.latents, condition, use_reference=True)
         pl_module.policy.train(was_training)
         images = pl_module.decode(trajectory.samples)

@@ -20,6 +20,7 @@ from rlhf_lightning.rollout import Samples
 
 FIELD = "rollout.init_args"
 Normalization = Literal["none", "per_prompt"]
+SamplerKind = Literal["ddim", "lcm"]
 
 
 class PerPromptStats:
@@ -53,14 +54,19 @@ class PerPromptStats:
 
 
 class ImageRollout(Rollout):
-    """Sample ``objective.needs.samples_per_prompt`` images per prompt from the diffusion policy ``π_t`` with the
-    stochastic DDIM sampler (``eta`` > 0, ``num_steps`` steps), recording each step's log-probability, score them
+    """Sample ``objective.needs.samples_per_prompt`` images per prompt from the diffusion policy ``π_t`` with a
+    stochastic sampler (DDIM with ``eta`` > 0, or the LCM multistep sampler), recording each step's log-probability, score them
     with the module's image reward, and hand the :class:`~rlhf_lightning.rollout.Samples` (rows = trajectories,
     "tokens" = steps) to ``training_step``. Configured at the recipe's ``rollout:`` key.
 
     Args:
+        sampler: ``ddim`` (every step stochastic, σ from ``eta``) or ``lcm`` (a latent consistency model's multistep
+            sampler: the steps but the last re-noise, so ``num_steps`` − 1 log-probabilities; the paper's setting).
         eta: DDIM's η: the share of DDPM noise per step; must be > 0 (η = 0 is deterministic: no log-probs).
         num_steps: denoising steps per sample (the paper's horizon: 8).
+        guidance_scale: classifier-free guidance w of a text-conditional UNet (``ε_∅ + w·(ε_c − ε_∅)``, part of the
+            policy: the log-probs use the guided ε); for an LCM UNet, the guidance embedding's w (Dreamshaper: 8).
+            1: no guidance.
         kl_coef: γ of the shaped reward ``r − γ·(ln π_t(τ) − ln π_ref(τ))`` (0: no KL, as in the paper's runs).
         target_kl, kl_horizon: the adaptive KL controller, as :class:`~rlhf_lightning.callbacks.Rollout`.
         reward_normalization: ``per_prompt`` (the paper's setting for both methods: rewards z-scored against the
@@ -68,11 +74,18 @@ class ImageRollout(Rollout):
         buffer_size, min_count, advantage_clip: the per-prompt statistics (paper: 32, 16, 10).
     """
 
-    def __init__(self, eta: float = 1.0, num_steps: int = 8, kl_coef: float = 0.0, target_kl: float | None = None,
-                 kl_horizon: int = 10000, reward_normalization: Normalization = "per_prompt", buffer_size: int = 32,
-                 min_count: int = 16, advantage_clip: float = 10.0) -> None:
-        check_ddim_eta(eta, f"{FIELD}.eta")
+    def __init__(self, sampler: SamplerKind = "ddim", eta: float = 1.0, num_steps: int = 8, guidance_scale: float = 1.0,
+                 kl_coef: float = 0.0, target_kl: float | None = None, kl_horizon: int = 10000,
+                 reward_normalization: Normalization = "per_prompt", buffer_size: int = 32, min_count: int = 16,
+                 advantage_clip: float = 10.0) -> None:
+        if sampler == "ddim":
+            check_ddim_eta(eta, f"{FIELD}.eta")
         raise_all([RecipeError(f"{FIELD}.{key}", problem, fix) for key, ok, problem, fix in (
+            ("sampler", sampler in ("ddim", "lcm"), f"must be ddim or lcm, got {sampler!r}", ""),
+            ("num_steps", sampler != "lcm" or not isinstance(num_steps, int) or num_steps >= 2,
+             f"must be ≥ 2 with the LCM sampler (its last step is deterministic), got {num_steps!r}", "e.g. 4 or 8"),
+            ("guidance_scale", isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale)
+             and guidance_scale >= 1, f"must be a number ≥ 1, got {guidance_scale!r}", "1 (none), or e.g. 5 for SD"),
             ("num_steps", isinstance(num_steps, int) and num_steps >= 1, f"must be an integer ≥ 1, got {num_steps!r}",
              "e.g. 8 (the paper's horizon)"),
             ("reward_normalization", reward_normalization in ("none", "per_prompt"),
@@ -84,7 +97,7 @@ class ImageRollout(Rollout):
              and advantage_clip > 0, f"must be > 0, got {advantage_clip!r}", "the paper uses 10")) if not ok])
         super().__init__(max_new_tokens=num_steps, kl_coef=kl_coef, target_kl=target_kl, kl_horizon=kl_horizon,
                          no_eos_reward=None)
-        self.eta, self.num_steps = float(eta), num_steps
+        self.sampler, self.eta, self.num_steps, self.guidance_scale = sampler, float(eta), num_steps, float(guidance_scale)
         self.reward_normalization = reward_normalization
         self.stats = PerPromptStats(buffer_size, min_count, float(advantage_clip))
 
@@ -93,7 +106,7 @@ class ImageRollout(Rollout):
             raise RecipeError("rollout", f"ImageRollout samples from a diffusion policy, but the model is "
                               f"{type(pl_module).__name__}", "set model.class_path: rlhf_lightning.diffusion."
                               "DiffusionRLHFModule, or use rollout.class_path: rlhf_lightning.callbacks.Rollout for text")
-        pl_module.use_sampler(self.eta, self.num_steps)
+        pl_module.use_sampler(self.eta, self.num_steps, self.sampler, self.guidance_scale)
         if pl_module.objective.needs.rollout:
             self.check_kl_coef(pl_module)
 
@@ -120,7 +133,7 @@ class ImageRollout(Rollout):
         noise = torch.randn(len(labels), module.channels, size, size, device=device)
         with module.precision_context():
             trajectory = sample_trajectory(module.denoiser(), noise, condition, module.timesteps,
-                                           module.alphas_cumprod, self.eta)
+                                           module.alphas_cumprod, module.sampler)
         generation_seconds = time.perf_counter() - start
         raw = module.reward.checked_score(module.decode(trajectory.samples), labels, prompts).to(device)
         require_finite("image reward", raw, module._batch_number, module.reduce_sum)  # stops before any update

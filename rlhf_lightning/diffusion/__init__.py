@@ -6,10 +6,10 @@ from rlhf_lightning.diffusion.ddim import (Trajectory, check_ddim_eta, ddim_sigm
                                            sample_trajectory, trajectory_log_probs)
 from rlhf_lightning.diffusion.module import DiffusionRLHFModule
 from rlhf_lightning.diffusion.policy import DiffusionPolicyConfig
-from rlhf_lightning.diffusion.rewards import ImageFunctionReward, ImageReward, LearnedImageReward
+from rlhf_lightning.diffusion.rewards import ImageFunctionReward, ImageReward, LearnedImageReward, jpeg_compressibility
 from rlhf_lightning.diffusion.rollout import trajectory_rollout, trajectory_samples
 from rlhf_lightning.diffusion.schedule import ddim_schedule
 
 __all__ = ["DiffusionPolicyConfig", "DiffusionRLHFModule", "ImageFunctionReward", "ImageReward", "LearnedImageReward",
            "Trajectory", "check_ddim_eta", "ddim_schedule", "ddim_sigma", "ddim_step", "gaussian_log_prob",
-           "sample_trajectory", "trajectory_log_probs", "trajectory_rollout", "trajectory_samples"]
+           "sample_trajectory", "trajectory_log_probs", "trajectory_rollout", "trajectory_samples", "jpeg_compressibility"]

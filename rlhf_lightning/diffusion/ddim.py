@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
@@ -62,21 +62,24 @@ class Trajectory:
     """A batch of sampled denoising trajectories.
 
     Attributes:
-        latents: ``[B, T + 1, ...]``: x_T (the initial noise) first, the final sample last.
-        timesteps: the T timesteps stepped from, in sampling order (decreasing).
-        prev_timesteps: the timestep each step goes to (``-1``: the final step, to ᾱ of timestep 0).
-        log_probs: ``[B, T]``: ``ln π(x_prev | x_t, c)`` of each step under the sampling policy.
+        latents: ``[B, S + 1, ...]``: x_T (the initial noise) first, then the state after each stochastic step.
+        timesteps: the S timesteps the stochastic steps leave from, in sampling order (decreasing).
+        prev_timesteps: the timestep each step goes to (``-1``: the final DDIM step, to ᾱ of timestep 0).
+        log_probs: ``[B, S]``: ``ln π(x_prev | x_t, c)`` of each step under the sampling policy.
+        final: the sampler's output when it ends with a deterministic step (the consistency model's last
+            denoising, a function of the last state, with no log-probability); ``None``: the last state.
     """
 
     latents: torch.Tensor
     timesteps: list[int]
     prev_timesteps: list[int]
     log_probs: torch.Tensor
+    final: Optional[torch.Tensor] = None
 
     @property
     def samples(self) -> torch.Tensor:
         """The final samples ``[B, ...]``."""
-        return self.latents[:, -1]
+        return self.final if self.final is not None else self.latents[:, -1]
 
 
 def _schedule(timesteps: Sequence[int], alphas_cumprod: torch.Tensor) -> list[int]:
@@ -92,41 +95,115 @@ def _alpha_bar(alphas_cumprod: torch.Tensor, step: int) -> torch.Tensor:
     return alphas_cumprod[max(step, 0)] if step >= 0 else alphas_cumprod[0]
 
 
+@dataclass(frozen=True)
+class DDIMSampler:
+    """The stochastic DDIM sampler (module docstring): every one of the n steps is a Gaussian policy."""
+
+    eta: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_ddim_eta(self.eta)
+
+    def transitions(self, timesteps: Sequence[int], alphas_cumprod: torch.Tensor) -> tuple[list[int], list[int]]:
+        """``(from, to)`` timesteps of the stochastic steps."""
+        return [int(t) for t in timesteps], _schedule(timesteps, alphas_cumprod)
+
+    def step(self, x_t: torch.Tensor, eps: torch.Tensor, step: int, prev: int,
+             alphas_cumprod: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return ddim_step(x_t, eps, _alpha_bar(alphas_cumprod, step), _alpha_bar(alphas_cumprod, prev), self.eta)
+
+    def final(self, x: torch.Tensor, eps: torch.Tensor, step: int, alphas_cumprod: torch.Tensor) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class LCMSampler:
+    """The latent consistency model's multistep sampler (Luo et al., 2023; ``diffusers.LCMScheduler.step``) as a
+    policy, as in RLCM (Oertell et al., 2024). At timestep t the consistency function gives
+
+        x̂₀ = (x_t − √(1 − ᾱ_t)·ε_θ) / √ᾱ_t,   f_θ(x_t, t) = c_out(t)·x̂₀ + c_skip(t)·x_t
+        c_skip = σ_d² / ((s·t)² + σ_d²),   c_out = s·t / √((s·t)² + σ_d²)     (σ_d = 0.5, s = timestep_scaling)
+
+    and each step but the last re-noises it to the next timestep t′: ``x_t′ ~ N(√ᾱ_t′·f_θ(x_t, t), (1 − ᾱ_t′) I)``,
+    a Gaussian policy. The last step returns ``f_θ`` itself: deterministic, part of how the final state becomes an
+    image (like decoding), so n steps give n − 1 log-probabilities (n ≥ 2).
+    """
+
+    timestep_scaling: float = 10.0
+
+    def transitions(self, timesteps: Sequence[int], alphas_cumprod: torch.Tensor) -> tuple[list[int], list[int]]:
+        steps = [int(t) for t in timesteps]
+        if len(steps) < 2 or any(b >= a for a, b in zip(steps, steps[1:])) or steps[0] >= len(alphas_cumprod):
+            raise RecipeError("rollout.init_args.num_steps", f"the LCM sampler needs ≥ 2 distinct, decreasing "
+                              f"timesteps (its last step is deterministic, so 1 step has no log-probability), got "
+                              f"{steps}", "use 4 or 8 steps")
+        return steps[:-1], steps[1:]
+
+    def denoised(self, x_t: torch.Tensor, eps: torch.Tensor, step: int, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+        alpha_t = alphas_cumprod[step]
+        scaled = step * self.timestep_scaling
+        c_skip = 0.25 / (scaled ** 2 + 0.25)
+        c_out = scaled / (scaled ** 2 + 0.25) ** 0.5
+        x0 = (x_t - torch.sqrt(1 - alpha_t) * eps) / torch.sqrt(alpha_t)
+        return c_out * x0 + c_skip * x_t
+
+    def step(self, x_t: torch.Tensor, eps: torch.Tensor, step: int, prev: int,
+             alphas_cumprod: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        alpha_prev = alphas_cumprod[prev]
+        return torch.sqrt(alpha_prev) * self.denoised(x_t, eps, step, alphas_cumprod), torch.sqrt(1 - alpha_prev)
+
+    def final(self, x: torch.Tensor, eps: torch.Tensor, step: int, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+        return self.denoised(x, eps, step, alphas_cumprod)
+
+
+Sampler = Union[DDIMSampler, LCMSampler]
+
+
+def as_sampler(sampler: Union[float, Sampler]) -> Sampler:
+    """A number is DDIM's η."""
+    return sampler if isinstance(sampler, (DDIMSampler, LCMSampler)) else DDIMSampler(eta=sampler)
+
+
+def _timestep_batch(x: torch.Tensor, step: int) -> torch.Tensor:
+    return torch.full((x.shape[0],), int(step), dtype=torch.long, device=x.device)
+
+
 def sample_trajectory(denoiser: Denoiser, noise: torch.Tensor, condition: Any, timesteps: Sequence[int],
-                      alphas_cumprod: torch.Tensor, eta: float,
+                      alphas_cumprod: torch.Tensor, sampler: Union[float, Sampler],
                       generator: Optional[torch.Generator] = None) -> Trajectory:
-    """Sample trajectories from ``noise`` (x_T) with the stochastic DDIM sampler; records every step's
-    log-probability under the sampling policy (no gradients)."""
-    check_ddim_eta(eta)
-    prev_steps = _schedule(timesteps, alphas_cumprod)
+    """Sample trajectories from ``noise`` (x_T) with ``sampler`` (a number: DDIM's η); records every stochastic
+    step's log-probability under the sampling policy (no gradients). ``generator``: the per-step noise (its
+    device's numbers, moved to the latents' device)."""
+    sampler = as_sampler(sampler)
+    starts, ends = sampler.transitions(timesteps, alphas_cumprod)
     x = noise
     latents, log_probs = [noise], []
     with torch.no_grad():
-        for step, prev in zip(timesteps, prev_steps):
-            t = torch.full((x.shape[0],), int(step), dtype=torch.long, device=x.device)
-            mean, sigma = ddim_step(x, denoiser(x, t, condition), _alpha_bar(alphas_cumprod, int(step)),
-                                    _alpha_bar(alphas_cumprod, prev), eta)
+        for step, prev in zip(starts, ends):
+            mean, sigma = sampler.step(x, denoiser(x, _timestep_batch(x, step), condition), step, prev, alphas_cumprod)
             if generator is None:
                 draw = torch.randn(x.shape, device=x.device, dtype=x.dtype)
-            else:  # the generator's device (a CPU generator gives the same numbers on any device)
+            else:
                 draw = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
             x = mean + sigma * draw
             latents.append(x)
             log_probs.append(gaussian_log_prob(x, mean, sigma))
-    return Trajectory(torch.stack(latents, dim=1), [int(t) for t in timesteps], prev_steps,
-                      torch.stack(log_probs, dim=1))
+        last = int(timesteps[-1])
+        final = None
+        if isinstance(sampler, LCMSampler):
+            final = sampler.final(x, denoiser(x, _timestep_batch(x, last), condition), last, alphas_cumprod)
+    return Trajectory(torch.stack(latents, dim=1), starts, ends, torch.stack(log_probs, dim=1), final)
 
 
 def trajectory_log_probs(denoiser: Denoiser, trajectory: Trajectory, condition: Any, alphas_cumprod: torch.Tensor,
-                         eta: float) -> torch.Tensor:
-    """``[B, T]`` per-step log-probabilities of the stored ``trajectory`` under ``denoiser`` (with gradients):
+                         sampler: Union[float, Sampler]) -> torch.Tensor:
+    """``[B, S]`` per-step log-probabilities of the stored ``trajectory`` under ``denoiser`` (with gradients):
     the sampling policy's own values when ``denoiser`` is the policy that sampled it."""
-    check_ddim_eta(eta)
+    sampler = as_sampler(sampler)
     values = []
     for index, (step, prev) in enumerate(zip(trajectory.timesteps, trajectory.prev_timesteps)):
         x_t, x_prev = trajectory.latents[:, index], trajectory.latents[:, index + 1]
-        t = torch.full((x_t.shape[0],), step, dtype=torch.long, device=x_t.device)
-        mean, sigma = ddim_step(x_t, denoiser(x_t, t, condition), _alpha_bar(alphas_cumprod, step),
-                                _alpha_bar(alphas_cumprod, prev), eta)
+        mean, sigma = sampler.step(x_t, denoiser(x_t, _timestep_batch(x_t, step), condition), step, prev,
+                                   alphas_cumprod)
         values.append(gaussian_log_prob(x_prev, mean, sigma))
     return torch.stack(values, dim=1)

@@ -23,9 +23,11 @@ import torch
 from torch import Tensor
 
 from rlhf_lightning.checkpoint_io import OutputNotWritten, install as install_safe_checkpoint_io, os_error_in
-from rlhf_lightning.diffusion.ddim import Trajectory, check_ddim_eta, trajectory_log_probs
-from rlhf_lightning.diffusion.policy import (DiffusionPolicyConfig, Denoiser, load_scheduler, load_unet,
-                                             resolution_problem, sample_size, unet_config)
+from rlhf_lightning.diffusion.ddim import (DDIMSampler, LCMSampler, Sampler, Trajectory, check_ddim_eta,
+                                           trajectory_log_probs)
+from rlhf_lightning.diffusion.policy import (DiffusionPolicyConfig, Denoiser, load_scheduler, load_text_parts,
+                                             load_unet, resolution_problem, sample_size, text_component_problems,
+                                             text_conditional, unet_config, unet_config_at)
 from rlhf_lightning.diffusion.rewards import ImageReward, probe_problem
 from rlhf_lightning.diffusion.schedule import ddim_schedule
 from rlhf_lightning.distributed import strategy_problems
@@ -69,18 +71,27 @@ class DiffusionRLHFModule(RLHFModule):
                          old_logprobs_from_update=False,
                          divergence=divergence if divergence is not None else DivergenceLimits(max_kl=None))
         self.reward = reward
-        self.eta: Optional[float] = None  # the sampler's, set by the ImageRollout callback (use_sampler)
+        self.sampler_kind: Optional[str] = None  # set by the ImageRollout callback (use_sampler)
+        self.eta, self.guidance_scale = 1.0, 1.0
         self.num_steps: Optional[int] = None
+        self.sampler: Optional[Sampler] = None
         self.timesteps: list[int] = []
+        self.transitions: tuple[list[int], list[int]] = ([], [])
+        self.text_encoder = self.vae = None  # text-conditional pipelines (frozen)
+        self._prompt_tokenizer = None
+        self._embeddings: dict[str, Tensor] = {}
         self.alphas_cumprod: Optional[Tensor] = None
         self._unet_values: dict[str, Any] = {}
         self._scheduler = None
 
     # ------------------------------------------------------------------ checks before weights load
-    def use_sampler(self, eta: float, num_steps: int) -> None:
-        """Sample with the stochastic DDIM sampler of ``eta`` over ``num_steps`` steps (the ImageRollout's)."""
-        check_ddim_eta(eta, "rollout.init_args.eta")
-        self.eta, self.num_steps = float(eta), num_steps
+    def use_sampler(self, eta: float, num_steps: int, sampler: str = "ddim", guidance_scale: float = 1.0) -> None:
+        """Sample with the ImageRollout's sampler: stochastic DDIM with ``eta`` or the LCM multistep sampler, over
+        ``num_steps`` steps, at classifier-free guidance ``guidance_scale`` (text-conditional pipelines)."""
+        if sampler == "ddim":
+            check_ddim_eta(eta, "rollout.init_args.eta")
+        self.sampler_kind, self.eta, self.num_steps = sampler, float(eta), num_steps
+        self.guidance_scale = float(guidance_scale)
 
     def objective_problems(self) -> list[RecipeError]:
         """What of the objective a diffusion policy cannot give: offline data, a critic, data-set responses, an
@@ -106,7 +117,7 @@ class DiffusionRLHFModule(RLHFModule):
         if self._trainer is not None:
             raise_all(strategy_problems(self.trainer.strategy, str(self.trainer.precision)))
             install_safe_checkpoint_io(self.trainer.strategy)
-        if self.eta is None:  # ImageRollout.setup (which runs first) sets the sampler; a text Rollout does not
+        if self.sampler_kind is None:  # ImageRollout.setup (which runs first) sets the sampler; a text Rollout does not
             raise RecipeError("rollout", "a DiffusionRLHFModule samples images, but the rollout is not an ImageRollout "
                               "(no sampler is set)", "set rollout.class_path: rlhf_lightning.callbacks.ImageRollout")
         raise_all(self.policy_config.problems(FIELD) + self.objective_problems())
@@ -119,10 +130,8 @@ class DiffusionRLHFModule(RLHFModule):
                               "policy needs an image reward", "use rlhf_lightning.diffusion.LearnedImageReward or "
                               "ImageFunctionReward")
         self._unet_values = unet_config(self.policy_config, FIELD)
-        if self._unet_values.get("_class_name") == "UNet2DConditionModel":
-            raise RecipeError(f"{FIELD}.path", "is a text-conditional UNet (UNet2DConditionModel, e.g. Stable Diffusion "
-                              "or LCM), which needs the pipeline's text encoder and VAE; this version trains class- or "
-                              "un-conditional UNet2DModel pipelines only", "use a UNet2DModel pipeline")
+        if text_conditional(self._unet_values):
+            raise_all(text_component_problems(self.policy_config, FIELD))
         problem = resolution_problem(self.policy_config, self._unet_values, FIELD)
         if problem is not None:
             raise problem
@@ -133,8 +142,13 @@ class DiffusionRLHFModule(RLHFModule):
                     raise RecipeError("model.init_args.reference.path", f"the reference UNet's {key} is "
                                       f"{reference_values.get(key)}, the policy's {self._unet_values.get(key)}: their "
                                       "log-probs are not of the same samples", "use the policy's starting checkpoint")
-        self._scheduler = load_scheduler(self.policy_config, FIELD)
-        self.timesteps, self.alphas_cumprod = ddim_schedule(self._scheduler, self.num_steps, "rollout.init_args.num_steps")
+        self._scheduler = load_scheduler(self.policy_config, FIELD, self.sampler_kind)
+        lcm = self.sampler_kind == "lcm"
+        self.timesteps, self.alphas_cumprod = ddim_schedule(self._scheduler, self.num_steps, "rollout.init_args.num_steps",
+                                                            final_step_deterministic=lcm)
+        self.sampler = (LCMSampler(float(self._scheduler.config.get("timestep_scaling", 10.0))) if lcm
+                        else DDIMSampler(self.eta))
+        self.transitions = self.sampler.transitions(self.timesteps, self.alphas_cumprod)
 
     @property
     def resolution(self) -> int:
@@ -155,9 +169,14 @@ class DiffusionRLHFModule(RLHFModule):
         self.reward.setup(device)
         num_classes = self._unet_values.get("num_class_embeds") or 1
         labels = torch.arange(2) % num_classes
-        problem = probe_problem(self.reward, 3, self.resolution, labels, device)
+        problem = probe_problem(self.reward, 3, self.image_size, labels, device)
         if problem is not None:
             raise problem
+        if text_conditional(self._unet_values):
+            self._prompt_tokenizer, encoder, vae = load_text_parts(self.policy_config)
+            self.text_encoder, self.vae = encoder.to(device), vae.to(device)  # frozen, not trained
+            self.text_encoder.requires_grad_(False)
+            self.vae.requires_grad_(False)
         policy = load_unet(self.policy_config, FIELD)
         self.policy = policy.train()
         wants_reference = self.objective.needs.reference or self.reference_for_evaluation
@@ -170,25 +189,67 @@ class DiffusionRLHFModule(RLHFModule):
         self._export_dtype = next(self.policy.parameters()).dtype
         self.alphas_cumprod = self.alphas_cumprod.to(device)
 
+    @property
+    def uses_classifier_free_guidance(self) -> bool:
+        """A text-conditional UNet without an LCM guidance input, at a guidance scale other than 1."""
+        return (text_conditional(self._unet_values) and self._unet_values.get("time_cond_proj_dim") is None
+                and self.guidance_scale != 1.0)
+
+    @torch.no_grad()
+    def _embed(self, prompts: list[str]) -> Tensor:
+        """The frozen text encoder's last hidden states ``[N, S, D]`` of ``prompts`` (cached per prompt)."""
+        missing = sorted({p for p in prompts if p not in self._embeddings})
+        if missing:
+            tokenizer = self._prompt_tokenizer
+            limit = getattr(self.text_encoder.config, "max_position_embeddings", None) or tokenizer.model_max_length
+            length = min(int(tokenizer.model_max_length), int(limit))
+            encoded = tokenizer(missing, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+            hidden = self.text_encoder(encoded.input_ids.to(self.text_encoder.device)).last_hidden_state
+            self._embeddings.update(zip(missing, hidden))
+        return torch.stack([self._embeddings[p] for p in prompts])
+
     def condition(self, labels: Tensor, prompts: list[str]) -> Tensor:
-        """What conditions the UNet on each prompt: its class id (an unconditional UNet ignores it)."""
-        return labels
+        """What conditions the UNet on each prompt: its class id (an unconditional UNet ignores it), or for a
+        text-conditional UNet the prompt's embedding ``[N, S, D]`` (``[N, 2, S, D]`` with the empty prompt's under
+        classifier-free guidance)."""
+        if not text_conditional(self._unet_values):
+            return labels
+        embedded = self._embed(list(prompts))
+        if self.uses_classifier_free_guidance:
+            return torch.stack([self._embed([""] * len(prompts)), embedded], dim=1)
+        return embedded
 
     def denoiser(self, use_reference: bool = False) -> Denoiser:
-        return Denoiser(self.reference if use_reference and self.reference is not None else self.policy)
+        return Denoiser(self.reference if use_reference and self.reference is not None else self.policy,
+                        self.guidance_scale)
+
+    @property
+    def image_size(self) -> int:
+        """The side of the decoded images: the sample side, times the VAE's up-sampling for a latent model."""
+        if not text_conditional(self._unet_values):
+            return self.resolution
+        vae = unet_config_at(self.policy_config, self.policy_config.vae_subfolder)
+        return self.resolution * 2 ** (len(vae.get("block_out_channels", (0,))) - 1)
 
     def decode(self, samples: Tensor) -> Tensor:
-        """Images ``[N, 3, H, W]`` in ``[-1, 1]`` from the sampler's final samples (a pixel-space UNet: clamped)."""
-        return samples.float().clamp(-1.0, 1.0)
+        """Images ``[N, 3, H, W]`` in ``[-1, 1]`` from the sampler's final samples: clamped for a pixel-space UNet,
+        through the frozen VAE (``latents / scaling_factor``) for a latent one."""
+        if self.vae is None:
+            return samples.float().clamp(-1.0, 1.0)
+        with torch.no_grad():
+            latents = samples.to(self.vae.dtype) / self.vae.config.scaling_factor
+            return self.vae.decode(latents).sample.float().clamp(-1.0, 1.0)
 
     def trajectory_logprobs(self, latents: Tensor, condition: Tensor, use_reference: bool = False) -> Tensor:
         """``[N, T]`` per-step log-probs of stored trajectories under the policy (with grad when enabled) or the
         reference (no grad)."""
-        trajectory = Trajectory(latents, self.timesteps, self.timesteps[1:] + [-1], torch.empty(0))
+        starts, ends = self.transitions
+        trajectory = Trajectory(latents, starts, ends, torch.empty(0))
         if not use_reference:
-            return trajectory_log_probs(self.denoiser(), trajectory, condition, self.alphas_cumprod, self.eta)
+            return trajectory_log_probs(self.denoiser(), trajectory, condition, self.alphas_cumprod, self.sampler)
         with torch.no_grad(), self._reference_model() as model:
-            return trajectory_log_probs(Denoiser(model), trajectory, condition, self.alphas_cumprod, self.eta)
+            return trajectory_log_probs(Denoiser(model, self.guidance_scale), trajectory, condition,
+                                        self.alphas_cumprod, self.sampler)
 
     # ------------------------------------------------------------------ log-probs for the objective
     def rollout_logprobs(self, samples: Samples) -> tuple[Tensor, Optional[Tensor]]:
@@ -197,11 +258,10 @@ class DiffusionRLHFModule(RLHFModule):
         return samples.extras["sampled_logprobs"], self.step_entropy(len(samples))
 
     def step_entropy(self, rows: int) -> Tensor:
-        from rlhf_lightning.diffusion.ddim import _alpha_bar, ddim_sigma
-
         dims = self.channels * self.resolution ** 2
-        sigmas = torch.stack([ddim_sigma(_alpha_bar(self.alphas_cumprod, t), _alpha_bar(self.alphas_cumprod, p), self.eta)
-                              for t, p in zip(self.timesteps, self.timesteps[1:] + [-1])])
+        zero = torch.zeros(1, device=self.alphas_cumprod.device)
+        sigmas = torch.stack([torch.as_tensor(self.sampler.step(zero, zero, t, p, self.alphas_cumprod)[1]).reshape(())
+                              for t, p in zip(*self.transitions)])
         entropy = 0.5 * dims * (1 + torch.log(2 * math.pi * sigmas.float() ** 2))
         return entropy[None].expand(rows, -1).to(self.device)
 
@@ -231,6 +291,10 @@ class DiffusionRLHFModule(RLHFModule):
                 unet = copy.deepcopy(unet).merge_and_unload()
             unet.save_pretrained(partial / "unet", safe_serialization=True)
             self._scheduler.save_pretrained(partial / "scheduler")
+            if self.vae is not None:  # the frozen parts, as loaded: the export is a whole pipeline
+                self.text_encoder.save_pretrained(partial / self.policy_config.text_encoder_subfolder)
+                self._prompt_tokenizer.save_pretrained(partial / self.policy_config.tokenizer_subfolder)
+                self.vae.save_pretrained(partial / self.policy_config.vae_subfolder)
         except Exception as error:
             remove_path(partial)
             cause = os_error_in(error)

@@ -117,6 +117,23 @@ class LearnedImageReward(ImageReward):
         return self._model(images.float(), labels)
 
 
+def jpeg_compressibility(images: Tensor, labels: Tensor, quality: int = 95) -> Tensor:
+    """DDPO's compressibility reward (Black et al., 2023): minus each image's JPEG size in kB (at ``quality``), so a
+    higher reward is a simpler image; needs no model. Use ``-jpeg_compressibility`` (a function of your own) for
+    incompressibility."""
+    import io
+
+    from PIL import Image
+
+    pixels = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+    sizes = []
+    for image in pixels.numpy():
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+        sizes.append(buffer.tell() / 1000.0)
+    return -torch.tensor(sizes, dtype=torch.float32)
+
+
 def probe_problem(reward: ImageReward, channels: int, resolution: int, labels: Tensor,
                   device: torch.device) -> Optional[RecipeError]:
     """Score two noise images once, before training: the reward must give two finite numbers."""

@@ -68,19 +68,19 @@ def test_recomputed_trajectory_log_probs_equal_the_recorded_ones_and_carry_gradi
     model, alphas_cumprod, timesteps = _setup()
     condition = torch.tensor([0, 2, 1])
     noise = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(1))
-    trajectory = sample_trajectory(model, noise, condition, timesteps, alphas_cumprod, eta=1.0,
+    trajectory = sample_trajectory(model, noise, condition, timesteps, alphas_cumprod, 1.0,
                                    generator=torch.Generator().manual_seed(2))
     assert trajectory.latents.shape == (3, 5, 2, 4, 4) and trajectory.log_probs.shape == (3, 4)
     assert trajectory.prev_timesteps == [74, 49, 24, -1]
     assert torch.isfinite(trajectory.log_probs).all()
-    recomputed = trajectory_log_probs(model, trajectory, condition, alphas_cumprod, eta=1.0)
+    recomputed = trajectory_log_probs(model, trajectory, condition, alphas_cumprod, 1.0)
     assert torch.allclose(recomputed, trajectory.log_probs, atol=1e-4)
     recomputed.sum().backward()
     assert model.conv.weight.grad is not None and model.conv.weight.grad.abs().sum() > 0
     # after an update the policy's log-probs of the same trajectory change: π_θ ≠ π_t
     with torch.no_grad():
         model.conv.weight.add_(0.05)
-    moved = trajectory_log_probs(model, trajectory, condition, alphas_cumprod, eta=1.0)
+    moved = trajectory_log_probs(model, trajectory, condition, alphas_cumprod, 1.0)
     assert not torch.allclose(moved, trajectory.log_probs, atol=1e-3)
 
 

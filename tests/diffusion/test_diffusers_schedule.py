@@ -53,3 +53,37 @@ def test_a_schedule_that_ends_at_timestep_zero_is_refused():
 def test_bad_step_counts_are_refused(steps):
     with pytest.raises(RecipeError, match="num_steps"):
         ddim_schedule(_scheduler(), steps)
+
+
+def test_the_lcm_sampler_matches_diffusers_lcm_scheduler():
+    """Each stochastic step of LCMSampler is LCMScheduler.step's re-noising for the same noise; the last step is the
+    deterministic denoised sample, with no log-probability."""
+    from diffusers import LCMScheduler
+
+    from rlhf_lightning.diffusion.ddim import LCMSampler
+
+    scheduler = LCMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                             beta_schedule="scaled_linear", set_alpha_to_one=True, clip_sample=False)
+    timesteps, alphas_cumprod = ddim_schedule(scheduler, 4, final_step_deterministic=True)
+    sampler = LCMSampler(timestep_scaling=scheduler.config.timestep_scaling)
+    starts, ends = sampler.transitions(timesteps, alphas_cumprod)
+    assert starts == timesteps[:-1] and ends == timesteps[1:]
+    scheduler.set_timesteps(4)
+    x = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    theirs_noise, ours_noise = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    for index, step in enumerate(timesteps):
+        eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(10 + index))
+        theirs = scheduler.step(eps, step, x, generator=theirs_noise).prev_sample
+        if index < len(timesteps) - 1:
+            mean, std = sampler.step(x, eps, step, timesteps[index + 1], alphas_cumprod)
+            ours = mean + std * torch.randn(x.shape, generator=ours_noise)
+        else:
+            ours = sampler.final(x, eps, step, alphas_cumprod)
+        assert torch.allclose(ours, theirs, atol=1e-5), step
+        x = theirs
+    trajectory = sample_trajectory(lambda x, t, c: 0.1 * x, torch.randn(2, 4, 4, 4), None, timesteps, alphas_cumprod,
+                                   sampler, torch.Generator().manual_seed(1))
+    assert trajectory.log_probs.shape == (2, 3) and trajectory.final.shape == (2, 4, 4, 4)
+    assert torch.equal(trajectory.samples, trajectory.final)
+    with pytest.raises(RecipeError, match="num_steps"):
+        sampler.transitions(timesteps[:1], alphas_cumprod)

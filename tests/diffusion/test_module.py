@@ -108,11 +108,15 @@ def test_missing_or_wrong_policy_directories_are_named(task, tmp_path):
     (tmp_path / "lm" / "pipeline" / "unet" / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(RecipeError, match="is not a diffusion UNet"):
         module_for(tmp_path / "lm", REBEL())
-    (tmp_path / "sd" / "pipeline" / "unet").mkdir(parents=True)  # Stable Diffusion's UNet: not supported yet
+    (tmp_path / "sd" / "pipeline" / "unet").mkdir(parents=True)  # a Stable Diffusion UNet without the rest
     (tmp_path / "sd" / "pipeline" / "unet" / "config.json").write_text(
         json.dumps({"_class_name": "UNet2DConditionModel", "sample_size": 64, "down_block_types": ["A", "B"]}))
-    with pytest.raises(RecipeError, match="text-conditional UNet"):
+    (tmp_path / "sd" / "pipeline" / "scheduler").mkdir()
+    (tmp_path / "sd" / "pipeline" / "scheduler" / "scheduler_config.json").write_text("{}")
+    with pytest.raises(RecipeError) as error:
         module_for(tmp_path / "sd", REBEL())
+    for key in ("text_encoder_subfolder", "tokenizer_subfolder", "vae_subfolder"):
+        assert f"model.init_args.policy.{key}" in str(error.value)
 
 
 def test_bad_resolution_sampler_and_objective_are_refused(task):
