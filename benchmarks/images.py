@@ -72,7 +72,7 @@ def table(points: dict[str, list[dict]], summaries: dict[str, list[dict]], args)
     lines = [f"# REBEL vs the clipped policy gradient on the embedded image task (seeds {args.first_seed}–"
              f"{args.first_seed + args.seeds - 1}; the recipes were tuned on seeds 0 and 1)", "",
              "Same prompts (3 classes × {0} per epoch, batches of 16), 2 images per prompt for both (32 reward "
-             "queries per batch), 2 optimizer steps per batch, 8 stochastic DDIM steps (η = 1), LoRA r = 8. Judge: "
+             "queries per batch), 2 optimizer steps per batch, 8 stochastic DDIM steps (DDIM's η = 1), LoRA r = 8; REBEL's η = 0.3. Judge: "
              "the hidden `image_score` on 16 fixed-noise images per prompt; IQM over all images of all seeds, "
              "[95 % stratified percentile-bootstrap interval].".format(args.repeats), "",
              f"| method | judge IQM at start | {header} | learned reward (mean) | KL to start (nats / trajectory) "
