@@ -117,10 +117,17 @@ class ImageRollout(Rollout):
         super().load_state_dict(state_dict)
         self.stats.load_state_dict(state_dict.get("prompt_stats", {}))
 
+    @staticmethod
+    def noise_generator(module: DiffusionRLHFModule) -> torch.Generator:
+        """The batch's noise (x_T and every step's): a CPU generator seeded by the run's seed, this process's rank
+        and the batch number, so a resumed run draws what the uninterrupted one drew and ranks draw apart."""
+        rank = module.global_rank if module._trainer is not None else 0
+        return torch.Generator().manual_seed(hash((torch.initial_seed(), rank, module._batch_number)) % 2**63)
+
     @torch.no_grad()
     def collect(self, module: DiffusionRLHFModule, batch: dict) -> Samples:
-        """One rollout batch of ``B`` prompts: ``k`` trajectories each from noise ``x_T ~ N(0, I)`` (the global
-        RNG, seeded by ``seed_everything`` and restored on resume), the images' rewards (normalised per prompt),
+        """One rollout batch of ``B`` prompts: ``k`` trajectories each from noise ``x_T ~ N(0, I)``
+        (:meth:`noise_generator`), the images' rewards (normalised per prompt),
         and ``ln π_ref`` of every step when the objective uses the reference."""
         start = time.perf_counter()
         needs = module.objective.needs
@@ -130,10 +137,11 @@ class ImageRollout(Rollout):
         prompts = [prompt for prompt in batch["prompt"] for _ in range(k)]
         condition = module.condition(labels, prompts)
         size = module.resolution
-        noise = torch.randn(len(labels), module.channels, size, size, device=device)
+        generator = self.noise_generator(module)
+        noise = torch.randn(len(labels), module.channels, size, size, generator=generator).to(device)
         with module.precision_context():
             trajectory = sample_trajectory(module.denoiser(), noise, condition, module.timesteps,
-                                           module.alphas_cumprod, module.sampler)
+                                           module.alphas_cumprod, module.sampler, generator)
         generation_seconds = time.perf_counter() - start
         raw = module.reward.checked_score(module.decode(trajectory.samples), labels, prompts).to(device)
         require_finite("image reward", raw, module._batch_number, module.reduce_sum)  # stops before any update

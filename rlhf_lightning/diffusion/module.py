@@ -30,7 +30,7 @@ from rlhf_lightning.diffusion.policy import (DiffusionPolicyConfig, Denoiser, lo
                                              text_conditional, unet_config, unet_config_at)
 from rlhf_lightning.diffusion.rewards import ImageReward, probe_problem
 from rlhf_lightning.diffusion.schedule import ddim_schedule
-from rlhf_lightning.distributed import strategy_problems
+from rlhf_lightning.distributed import FSDP2Strategy, strategy_problems
 from rlhf_lightning.distributed.checkpoints import remove_path, replace_path
 from rlhf_lightning.errors import RecipeError, raise_all
 from rlhf_lightning.guards import DivergenceLimits
@@ -40,6 +40,13 @@ from rlhf_lightning.objectives.base import Objective
 from rlhf_lightning.rollout import Samples
 
 FIELD = "model.init_args.policy"
+
+
+def is_sharding_strategy(strategy) -> bool:
+    """FSDP (Lightning's or the library's FSDP2) and DeepSpeed: strategies that shard or partition the weights."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+
+    return isinstance(strategy, (FSDPStrategy, DeepSpeedStrategy, FSDP2Strategy))
 
 
 class DiffusionRLHFModule(RLHFModule):
@@ -116,6 +123,10 @@ class DiffusionRLHFModule(RLHFModule):
             return
         if self._trainer is not None:
             raise_all(strategy_problems(self.trainer.strategy, str(self.trainer.precision)))
+            if is_sharding_strategy(self.trainer.strategy):
+                raise RecipeError("trainer.strategy", f"{type(self.trainer.strategy).__name__} shards the weights; "
+                                  "diffusion policies are tested on one device and under DDP only",
+                                  "use strategy: ddp (each GPU holds the UNet; LoRA keeps the optimizer state small)")
             install_safe_checkpoint_io(self.trainer.strategy)
         if self.sampler_kind is None:  # ImageRollout.setup (which runs first) sets the sampler; a text Rollout does not
             raise RecipeError("rollout", "a DiffusionRLHFModule samples images, but the rollout is not an ImageRollout "

@@ -10,25 +10,17 @@ from typing import Optional, Sequence
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from rlhf_lightning.data.base import ResumableTrainLoader
 from rlhf_lightning.errors import RecipeError, raise_all
 from rlhf_lightning.tasks.images.shapes import CLASSES
 
 
-class _PromptIndices(Dataset):
-    def __init__(self, count: int, num_prompts: int) -> None:
-        self.count, self.num_prompts = count, num_prompts
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __getitem__(self, index: int) -> int:
-        return index % self.num_prompts
-
-
-class ImagePrompts(LightningDataModule):
-    """Each epoch shows every prompt ``repeats`` times, shuffled, in batches of ``batch_size`` prompts.
+class ImagePrompts(ResumableTrainLoader, LightningDataModule):
+    """Each epoch shows every prompt ``repeats`` times, shuffled, in batches of ``batch_size`` prompts. The order
+    resumes mid-epoch from a checkpoint, and under several processes each rank takes its own share of the epoch
+    (:class:`~rlhf_lightning.data.base.ResumableShuffleSampler`).
 
     Args:
         prompts: the prompts, e.g. the REBEL paper's 45 animal names; a prompt's class id is its index.
@@ -57,10 +49,15 @@ class ImagePrompts(LightningDataModule):
         return {"labels": torch.tensor(indices, dtype=torch.long), "prompt": [self.prompts[i] for i in indices]}
 
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(_PromptIndices(self.repeats * self.num_prompts, self.num_prompts),
-                          batch_size=self.batch_size, shuffle=self.shuffle, generator=generator, drop_last=True,
-                          collate_fn=self.collate)
+        indices = [index % self.num_prompts for index in range(self.repeats * self.num_prompts)]
+        return self.resumable_loader(indices, self.collate, "data.init_args.prompts × repeats")
+
+    def state_dict(self) -> dict:
+        """Where training is in the epoch (saved in checkpoints)."""
+        return self.train_position()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.resume_train_position(state)
 
 
 class ImageShapesTask(ImagePrompts):
