@@ -23,7 +23,20 @@ from rlhf_lightning.step_metrics import logger_step
 FIELD = "trainer.callbacks[WinRateEvaluation].init_args"
 
 
-class WinRateEvaluation(Callback):
+class EvaluationHistory:
+    """Mixin for an evaluation callback: its ``history`` (one dict per evaluation) is saved in checkpoints, so that
+    a resumed run's history and plots keep the evaluations from before the crash."""
+
+    history: list[dict]
+
+    def state_dict(self) -> dict:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = list(state_dict.get("history", []))
+
+
+class WinRateEvaluation(EvaluationHistory, Callback):
     """Evaluate the policy on held-out prompts every ``every_n_rollouts`` batches and at the end.
 
     For each prompt it decodes the policy's response, the reference policy's (the SFT model's)
@@ -71,13 +84,6 @@ class WinRateEvaluation(Callback):
         self.history: list[dict] = []
 
     # ------------------------------------------------------------------ hooks
-    def state_dict(self) -> dict:
-        """The evaluations so far: a resumed run's history and plot keep those from before the crash."""
-        return {"history": self.history}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.history = list(state_dict.get("history", []))
-
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         pl_module = require_rlhf_module(pl_module, "trainer.callbacks[WinRateEvaluation]")
         if self.judge is None and pl_module.reward is None:

@@ -11,9 +11,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
-from rlhf_lightning.callbacks.evaluation import rollout_batches_done
+from rlhf_lightning.callbacks.evaluation import EvaluationHistory, rollout_batches_done
 from rlhf_lightning.diffusion.ddim import sample_trajectory
-from rlhf_lightning.diffusion.rewards import ImageReward
+from rlhf_lightning.diffusion.rewards import ImageReward, uint8_pixels
 from rlhf_lightning.errors import RecipeError, raise_all
 from rlhf_lightning.step_metrics import logger_step
 
@@ -26,8 +26,7 @@ def image_grid(images: Tensor, rows: int, scale: int = 4):
 
     count, _, height, width = images.shape
     cols = count // rows
-    pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    pixels = pixels.repeat_interleave(scale, -1).repeat_interleave(scale, -2)  # [N, 3, H·s, W·s]
+    pixels = uint8_pixels(images).repeat_interleave(scale, -1).repeat_interleave(scale, -2)  # [N, 3, H·s, W·s]
     pad = 2
     h, w = height * scale + pad, width * scale + pad
     canvas = torch.full((3, rows * h + pad, cols * w + pad), 255, dtype=torch.uint8)
@@ -37,7 +36,7 @@ def image_grid(images: Tensor, rows: int, scale: int = 4):
     return Image.fromarray(canvas.permute(1, 2, 0).numpy())
 
 
-class ImageEvaluation(Callback):
+class ImageEvaluation(EvaluationHistory, Callback):
     """Sample ``images_per_prompt`` images per prompt from fixed noise (the same noise at every evaluation, so the
     images of one column are the same starting point before and after training) before training, every
     ``every_n_rollouts`` rollout batches and at the end; score them with the judge (the hidden quality the reward
@@ -64,12 +63,6 @@ class ImageEvaluation(Callback):
              f"must be an integer ≥ 0, got {every_n_rollouts!r}")) if not ok])
         self.judge, self.images_per_prompt, self.every_n_rollouts, self.seed = judge, images_per_prompt, every_n_rollouts, seed
         self.history: list[dict] = []
-
-    def state_dict(self) -> dict:
-        return {"history": self.history}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.history = list(state_dict.get("history", []))
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         from rlhf_lightning.diffusion.module import DiffusionRLHFModule
@@ -124,9 +117,9 @@ class ImageEvaluation(Callback):
             ref = pl_module.trajectory_logprobs(trajectory.latents, condition, use_reference=True)
         pl_module.policy.train(was_training)
         images = pl_module.decode(trajectory.samples)
-        judge = self.judge or pl_module.reward
-        judge_scores = judge.checked_score(images, labels, texts).float().cpu()
         reward_scores = pl_module.reward.checked_score(images, labels, texts).float().cpu()
+        judge_scores = (reward_scores if self.judge is None
+                        else self.judge.checked_score(images, labels, texts).float().cpu())
         entry = {"rollouts": rollouts, "judge": judge_scores.mean().item(), "reward": reward_scores.mean().item(),
                  "kl": (trajectory.log_probs - ref).sum(-1).mean().item(), "judge_scores": judge_scores.tolist()}
         self.history.append(entry)

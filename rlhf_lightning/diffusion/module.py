@@ -185,9 +185,7 @@ class DiffusionRLHFModule(RLHFModule):
             raise problem
         if text_conditional(self._unet_values):
             self._prompt_tokenizer, encoder, vae = load_text_parts(self.policy_config)
-            self.text_encoder, self.vae = encoder.to(device), vae.to(device)  # frozen, not trained
-            self.text_encoder.requires_grad_(False)
-            self.vae.requires_grad_(False)
+            self.text_encoder, self.vae = encoder.to(device), vae.to(device)  # frozen by load_text_parts
         policy = load_unet(self.policy_config, FIELD)
         self.policy = policy.train()
         wants_reference = self.objective.needs.reference or self.reference_for_evaluation

@@ -117,6 +117,11 @@ class LearnedImageReward(ImageReward):
         return self._model(images.float(), labels)
 
 
+def uint8_pixels(images: Tensor) -> Tensor:
+    """Images in ``[-1, 1]`` as 8-bit pixels (``0 … 255``), channels first."""
+    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
 def jpeg_compressibility(images: Tensor, labels: Tensor, quality: int = 95) -> Tensor:
     """DDPO's compressibility reward (Black et al., 2023): minus each image's JPEG size in kB (at ``quality``), so a
     higher reward is a simpler image; needs no model. Use ``-jpeg_compressibility`` (a function of your own) for
@@ -125,7 +130,7 @@ def jpeg_compressibility(images: Tensor, labels: Tensor, quality: int = 95) -> T
 
     from PIL import Image
 
-    pixels = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+    pixels = uint8_pixels(images).permute(0, 2, 3, 1).cpu()
     sizes = []
     for image in pixels.numpy():
         buffer = io.BytesIO()
